@@ -1,0 +1,195 @@
+"""One frozen, validated :class:`RunConfig` per run, however it is started."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from relayfl.algorithms import ALGORITHMS, DEFAULT_TOPOLOGY
+from relayfl.errors import ConfigError
+from relayfl.optim import OPTIMIZERS
+from relayfl.relay import FILLS, NORMALIZATIONS
+from relayfl.task import DATASETS
+
+__all__ = ["RunConfig"]
+
+SPANNING: tuple[str, ...] = ("bfs", "min-diameter")
+ENGINES: tuple[str, ...] = ("auto", "batched", "loop")
+
+#: Default base learning rate per algorithm (digits small CNN, SGD; see README).
+DEFAULT_LR: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """One run: ``relayfl simulate``, a Flower app, a node, or Python.
+
+    Parameters
+    ----------
+    algorithm : {"relaysgd", "relaysgd-grad", "dpsgd", "allreduce"}
+    topology : str, optional
+        A name (``chain``, ``ring``, ``star``, ``binary-tree``, ``double-binary-trees``,
+        ...) or an edge-list file; default per algorithm (relay: binary tree, gossip: ring).
+    spanning_tree : {"bfs", "min-diameter"}, optional
+        Reduce the graph to a spanning tree first (needed for relays on graphs with cycles).
+    root : int
+        Root of the BFS spanning tree.
+    num_clients : int
+    alpha : float
+        Dirichlet concentration; ``math.inf`` (CLI ``--alpha iid``) gives an IID split.
+    even_split : bool
+        The paper's even re-split after the Dirichlet draw (ALGORITHM.md section 4).
+    dataset : str
+        Built-in dataset, when the run is started by name.
+    data_root : str, optional
+    model : str, optional
+    steps : int
+        Local optimizer steps per worker.
+    local_steps : int
+        Steps per communication round (1 for RelaySGD as in the paper).
+    batch_size : int
+    lr : float
+        Base learning rate.
+    lr_correction : bool
+        Multiply the learning rate by ``1 + mean delay`` for relays (section 1.8).
+    schedule : bool
+        Warm-up and step decay (section 1.8); off gives a constant learning rate.
+    warmup_epochs : float
+    milestones : tuple of float
+        Decay points as fractions of the run (the paper's 150/200 and 180/200).
+    optimizer : {"sgd", "adam"}
+    momentum, weight_decay : float
+    nesterov : bool
+    fill : {"initial", "latest"}
+        RelaySum/Model fill; ``latest`` for lossy links (Table 5).
+    normalization : {"world_size", "counts", "sum"}, optional
+        Override the relay's normalization.
+    drop_probability : float
+        Simulated message drop probability (section 1.4).
+    eval_every : int
+        Evaluate every k steps (0: only at the end).
+    eval_limit : int, optional
+        Evaluate on the first k test samples.
+    dropout : float
+        Dropout rate of the built-in small CNN.
+    seed : int
+    device : str
+    engine : {"auto", "batched", "loop"}
+    """
+
+    algorithm: str = "relaysgd"
+    topology: str | None = None
+    spanning_tree: str | None = None
+    root: int = 0
+    num_clients: int = 16
+    alpha: float = 0.1
+    even_split: bool = True
+    dataset: str = "digits"
+    data_root: str | None = None
+    model: str | None = None
+    steps: int = 300
+    local_steps: int = 1
+    batch_size: int = 32
+    lr: float = DEFAULT_LR
+    lr_correction: bool = False
+    schedule: bool = True
+    warmup_epochs: float = 5.0
+    milestones: tuple[float, ...] = (0.75, 0.9)
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+    fill: str = "initial"
+    normalization: str | None = None
+    drop_probability: float = 0.0
+    eval_every: int = 50
+    eval_limit: int | None = None
+    dropout: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+
+        if self.algorithm not in ALGORITHMS:
+            bad(f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        if not (self.alpha > 0):  # also catches NaN
+            bad(f"alpha must be > 0, got {self.alpha}; use e.g. 0.1 for strong label skew, "
+                "100 for nearly IID, or 'iid'")
+        if self.num_clients < 1:
+            bad(f"num_clients must be >= 1, got {self.num_clients}")
+        for name in ("steps", "local_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                bad(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            bad(f"eval-every must be >= 0 (0: only at the end), got {self.eval_every}")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            bad(f"lr must be a finite number >= 0, got {self.lr}")
+        if not 0 <= self.drop_probability < 1:
+            bad(f"drop-probability must be in [0, 1), got {self.drop_probability}")
+        if not 0 <= self.dropout < 1:
+            bad(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.spanning_tree not in (None, *SPANNING):
+            bad(f"unknown spanning tree {self.spanning_tree!r}; use {' or '.join(SPANNING)}")
+        if self.optimizer not in OPTIMIZERS:
+            bad(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        if self.fill not in FILLS:
+            bad(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
+        if self.normalization not in (None, *NORMALIZATIONS):
+            bad(f"unknown normalization {self.normalization!r}; "
+                f"use one of {', '.join(NORMALIZATIONS)}")
+        if self.engine not in ENGINES:
+            bad(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINES)}")
+        if any(not 0 < f <= 1 for f in self.milestones):
+            bad(f"milestones are fractions of the run in (0, 1], got {self.milestones}")
+        if self.dataset not in DATASETS:
+            bad(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.drop_probability > 0 and self.algorithm == "allreduce":
+            bad("drop-probability applies to decentralized links; allreduce has none. "
+                "Use --algorithm relaysgd or dpsgd")
+
+    @property
+    def topology_name(self) -> str:
+        """The topology actually used (the algorithm's default when unset)."""
+        return self.topology or DEFAULT_TOPOLOGY[self.algorithm]
+
+    @property
+    def iid(self) -> bool:
+        return math.isinf(self.alpha)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (validated again)."""
+        return RunConfig(**{**asdict(self), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (``alpha`` inf becomes the string ``"iid"``)."""
+        out = asdict(self)
+        out["milestones"] = list(self.milestones)
+        if self.iid:
+            out["alpha"] = "iid"
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
+        data = dict(data)
+        if data.get("alpha") == "iid":
+            data["alpha"] = math.inf
+        if "milestones" in data:
+            data["milestones"] = tuple(data["milestones"])
+        return cls(**data)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
+        """Build from parsed ``relayfl simulate`` arguments (dest names = field names)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+        return cls(**values)

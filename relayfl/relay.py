@@ -1,0 +1,497 @@
+"""RelaySum: the exact-averaging mechanism of RelaySGD (ALGORITHM.md section 1).
+
+Pure tensor code, no I/O and no threads. Two views of one mechanism:
+
+* :class:`RelaySum` works on stacked tensors, every worker at once (``Tensor[n, d]``),
+  vectorised over the directed tree edges. The simulator uses it.
+* :class:`RelayNode` is one worker's share of the same state: what it received from
+  its neighbours at the previous step. A deployed node uses it.
+
+Both call the same three functions, :func:`outgoing`, :func:`combine` and
+:func:`average`, and a test proves they give identical results.
+
+Notation (ALGORITHM.md): ``v`` value shared at this step, ``m``/``c`` message/count on a
+directed edge, ``S``/``C`` a worker's sum and count, ``n`` workers, ``d`` flat length,
+``e`` directed edges.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import Tensor
+
+from relayfl import topology as _topology
+from relayfl.errors import ConfigError
+from relayfl.typing import Fill, Normalization
+
+__all__ = [
+    "EdgeIndex",
+    "Layout",
+    "RelayNode",
+    "RelaySum",
+    "average",
+    "combine",
+    "message_dtype",
+    "outgoing",
+    "pack",
+    "tree_slices",
+    "unpack",
+]
+
+NORMALIZATIONS: tuple[str, ...] = ("world_size", "counts", "sum")
+FILLS: tuple[str, ...] = ("initial", "latest")
+
+
+# --------------------------------------------------------------------------------------
+# The math (sections 1.1-1.2), shared by the stacked and the one-node views
+# --------------------------------------------------------------------------------------
+def outgoing(v: Tensor, inbox: Tensor, back: Tensor, c_inbox: Tensor, c_back: Tensor
+             ) -> tuple[Tensor, Tensor]:
+    """Messages and counts a sender puts on its edges (ALGORITHM.md section 1.1).
+
+    ``m_{i->j} = v_i + sum_{k in N_i} m_{k->i} - m_{j->i}``: the sender's fresh value
+    plus everything it received at the previous step except what came from ``j``.
+
+    Parameters
+    ----------
+    v : Tensor[e, d]
+        The sender's value, one row per outgoing edge.
+    inbox, c_inbox : Tensor[e, d], Tensor[e]
+        Sum of the messages (counts) the sender received at step t-1.
+    back, c_back : Tensor[e, d], Tensor[e]
+        The message (count) the recipient sent to the sender at step t-1.
+
+    Returns
+    -------
+    m, c : Tensor[e, d], Tensor[e]
+    """
+    return v + inbox - back, 1 + c_inbox - c_back
+
+
+def combine(v: Tensor, received: Tensor, c_received: Tensor) -> tuple[Tensor, Tensor]:
+    """A worker's sum and count after receiving (section 1.2).
+
+    ``S_i = v_i + sum_j m_{j->i}`` and ``C_i = 1 + sum_j c_{j->i}``.
+
+    Parameters
+    ----------
+    v : Tensor[n, d]
+    received, c_received : Tensor[n, d], Tensor[n]
+        Sum over neighbours of the messages (counts) that arrived this step.
+    """
+    return v + received, 1 + c_received
+
+
+def average(S: Tensor, C: Tensor, n: int, normalization: Normalization,
+            fill: Tensor | None = None) -> Tensor:
+    """Turn a RelaySum sum into an average (section 1.2, the three normalisations).
+
+    Parameters
+    ----------
+    S : Tensor[n, d]
+        Sums ``S_i``.
+    C : Tensor[n]
+        Counts ``C_i``: how many workers' values ``S_i`` holds.
+    n : int
+        World size.
+    normalization : {"world_size", "counts", "sum"}
+        ``world_size``: ``(S + (n - C) * fill) / n`` (RelaySum/Model); ``counts``:
+        ``S / C``; ``sum``: ``S / n`` (RelaySum/Grad, missing workers count as 0).
+    fill : Tensor[d] or Tensor[n, d], optional
+        Stand-in for workers that have not arrived; required for ``world_size``.
+    """
+    if normalization == "world_size":
+        missing = (n - C).to(S.dtype).unsqueeze(-1)  # [n, 1]
+        return (S + missing * fill) / n
+    if normalization == "counts":
+        return S / C.to(S.dtype).unsqueeze(-1)
+    return S / n
+
+
+def message_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of relayed sums: at least float32, never a downcast (float64 stays float64)."""
+    if not dtype.is_floating_point:
+        raise ConfigError(f"relay values must be floating point, got {dtype}; "
+                          "integer tensors are kept local (see relay.pack)")
+    return torch.promote_types(dtype, torch.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Edge bookkeeping and double-tree slices (section 2.2)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EdgeIndex:
+    """The directed edges of a tree, sorted by (src, dst).
+
+    Attributes
+    ----------
+    src, dst, rev : Tensor[e]
+        Sender, recipient and the index of the reverse edge (int64).
+    num_nodes : int
+    """
+
+    src: Tensor
+    dst: Tensor
+    rev: Tensor
+    num_nodes: int
+
+    @classmethod
+    def from_graph(cls, graph: nx.Graph, device: torch.device | str | None = None
+                   ) -> EdgeIndex:
+        """Build the index of a tree (``topology.require_tree`` is checked first)."""
+        tree = _topology.require_tree(graph)
+        src, dst, rev = _topology.edge_index(tree)
+        as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)  # noqa: E731
+        return cls(as_t(src), as_t(dst), as_t(rev), tree.number_of_nodes())
+
+    def degrees(self) -> Tensor:
+        """Tensor[n]: how many neighbours each worker has."""
+        return torch.bincount(self.src, minlength=self.num_nodes)
+
+    def to(self, device: torch.device | str) -> EdgeIndex:
+        return EdgeIndex(self.src.to(device), self.dst.to(device), self.rev.to(device),
+                         self.num_nodes)
+
+
+def tree_slices(num_trees: int) -> list[slice]:
+    """Flat-vector slice handled by each tree: tree k takes indices ``k::num_trees``.
+
+    With double binary trees, tree 0 relays the even and tree 1 the odd flat indices
+    (ALGORITHM.md section 2.2).
+    """
+    return [slice(k, None, num_trees) for k in range(num_trees)]
+
+
+def _as_trees(trees: nx.Graph | Sequence[nx.Graph]) -> tuple[nx.Graph, ...]:
+    out = (trees,) if isinstance(trees, nx.Graph) else tuple(trees)
+    if not out:
+        raise ConfigError("RelaySum needs at least one tree; pass e.g. topology.binary_tree(n)")
+    sizes = {t.number_of_nodes() for t in out}
+    if len(sizes) != 1:
+        raise ConfigError(f"all trees must span the same workers, got sizes {sorted(sizes)}; "
+                          "build them with the same n")
+    return out
+
+
+def _check_mode(normalization: str, fill: str, initial: Tensor | None) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {normalization!r}; "
+                          f"use one of {', '.join(NORMALIZATIONS)}")
+    if fill not in FILLS:
+        raise ConfigError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
+    if normalization == "world_size" and initial is None:
+        raise ConfigError("normalization='world_size' needs the initial model: pass "
+                          "initial=x0 (Tensor[d]), or use normalization='counts'")
+
+
+# --------------------------------------------------------------------------------------
+# Stacked view: every worker at once
+# --------------------------------------------------------------------------------------
+class _TreeRelay:
+    """State of one tree's relay on stacked tensors (messages on every directed edge)."""
+
+    def __init__(self, edges: EdgeIndex) -> None:
+        self.edges = edges
+        self.m: Tensor | None = None  # [e, d_k], messages sent at step t-1
+        self.c: Tensor | None = None  # [e]
+
+    def step(self, v: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+        E, n = self.edges, self.edges.num_nodes
+        if self.m is None:  # m^(-1) = 0, c^(-1) = 0 (section 1.4, first step)
+            self.m = v.new_zeros(len(E.src), v.shape[1])  # [e, d_k]
+            self.c = v.new_zeros(len(E.src))  # [e]
+        inbox = v.new_zeros(n, v.shape[1]).index_add_(0, E.dst, self.m)  # [n, d_k]
+        c_inbox = v.new_zeros(n).index_add_(0, E.dst, self.c)  # [n]
+        m, c = outgoing(v[E.src], inbox[E.src], self.m[E.rev],
+                        c_inbox[E.src], self.c[E.rev])  # [e, d_k], [e]
+        if keep is not None:  # simulated drop (section 1.4): discarded and not relayed on
+            m = m * keep.unsqueeze(-1).to(m.dtype)
+            c = c * keep.to(c.dtype)
+        self.m, self.c = m, c
+        received = v.new_zeros(n, v.shape[1]).index_add_(0, E.dst, m)  # [n, d_k]
+        c_received = v.new_zeros(n).index_add_(0, E.dst, c)  # [n]
+        return combine(v, received, c_received)
+
+
+class RelaySum:
+    """RelaySum on stacked tensors: all workers of one or more spanning trees at once.
+
+    Parameters
+    ----------
+    trees : networkx.Graph or sequence of networkx.Graph
+        A spanning tree on workers ``0..n-1``, or several (double binary trees), in
+        which case tree ``k`` relays the flat indices ``k::len(trees)`` (section 2.2).
+    normalization : {"world_size", "counts", "sum"}, default "world_size"
+        Section 1.2: RelaySum/Model with a fill, average over what arrived, or
+        RelaySum/Grad (``S / n``).
+    initial : Tensor[d], optional
+        The shared initial model ``x0``; required for ``world_size``.
+    fill : {"initial", "latest"}, default "initial"
+        What stands in for workers whose values have not arrived (or were dropped):
+        ``x0`` (the paper's normal runs) or the worker's own latest average (the
+        reference-state variant of Table 5; use it on lossy networks, since with ``x0``
+        every dropped message pulls the model back towards its start).
+    device : torch.device or str, optional
+
+    Examples
+    --------
+    >>> from relayfl import relay, topology
+    >>> tree = topology.binary_tree(16)
+    >>> x0 = torch.zeros(8)
+    >>> rs = relay.RelaySum(tree, normalization="world_size", initial=x0)
+    >>> avg = rs.step(torch.randn(16, 8))  # [n, d] -> [n, d]
+
+    Notes
+    -----
+    Synchronous mode (ALGORITHM.md sections 1.1-1.3): a worker at tree distance ``d``
+    contributes its value from ``max(d - 1, 0)`` steps earlier. Sums are kept in at
+    least float32 (:func:`message_dtype`).
+    """
+
+    def __init__(self, trees: nx.Graph | Sequence[nx.Graph], *,
+                 normalization: Normalization = "world_size",
+                 initial: Tensor | None = None, fill: Fill = "initial",
+                 device: torch.device | str | None = None) -> None:
+        self.trees = _as_trees(trees)
+        _check_mode(normalization, fill, initial)
+        self.normalization = normalization
+        self.fill_mode = fill
+        self.num_nodes = self.trees[0].number_of_nodes()
+        self._relays = [_TreeRelay(EdgeIndex.from_graph(t, device)) for t in self.trees]
+        self._slices = tree_slices(len(self.trees))
+        self._fill: Tensor | None = None if initial is None else initial.detach().clone()
+        self.last_counts: Tensor | None = None  # [num_trees, n]: C_i of the latest step
+
+    @property
+    def edge_indices(self) -> list[EdgeIndex]:
+        return [r.edges for r in self._relays]
+
+    def step(self, values: Tensor, *, keep: Sequence[Tensor | None] | Tensor | None = None
+             ) -> Tensor:
+        """Advance one synchronous step and return every worker's average.
+
+        Parameters
+        ----------
+        values : Tensor[n, d]
+            What each worker shares at this step (its half-step model, or its update).
+        keep : Tensor[e] of bool, or one per tree, optional
+            Which messages of this step arrive (``False`` = dropped, section 1.4).
+
+        Returns
+        -------
+        Tensor[n, d]
+            Each worker's average, in :func:`message_dtype` of ``values``.
+        """
+        n = self.num_nodes
+        if values.dim() != 2 or values.shape[0] != n:
+            raise ConfigError(f"RelaySum.step expects values of shape [n={n}, d], "
+                              f"got {tuple(values.shape)}")
+        v = values.to(message_dtype(values.dtype))  # [n, d]; never downcast
+        keeps = list(keep) if isinstance(keep, (list, tuple)) else [keep] * len(self._relays)
+        if len(self._relays) > 1 and isinstance(keep, Tensor):
+            raise ConfigError("with several trees pass keep as a list, one mask per tree")
+        out = torch.empty_like(v)  # [n, d]
+        counts = []
+        for relay, sl, k in zip(self._relays, self._slices, keeps, strict=True):
+            S, C = relay.step(v[:, sl], k)  # [n, d_k], [n]
+            fill = self._fill_for(sl, v)
+            out[:, sl] = average(S, C, n, self.normalization, fill)
+            counts.append(C)
+        self.last_counts = torch.stack(counts)  # [trees, n]
+        if self.normalization == "world_size" and self.fill_mode == "latest":
+            self._fill = out.clone()  # x_hat <- x^(t+1): reference-state variant (1.2(1))
+        return out
+
+    def _fill_for(self, sl: slice, v: Tensor) -> Tensor | None:
+        if self._fill is None:
+            return None
+        fill = self._fill.to(device=v.device, dtype=v.dtype)
+        return fill[..., sl]
+
+    def bytes_per_step(self, d: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Tensor[n]: bytes each worker sends (= receives) per step for a d-vector.
+
+        Each tree sends its slice of the vector plus one count (8 bytes) per edge.
+        """
+        itemsize = torch.empty((), dtype=message_dtype(dtype)).element_size()
+        total = torch.zeros(self.num_nodes, dtype=torch.int64)
+        for relay, sl in zip(self._relays, self._slices, strict=True):
+            d_k = len(range(d)[sl])
+            total += relay.edges.degrees().cpu() * (d_k * itemsize + 8)
+        return total
+
+
+# --------------------------------------------------------------------------------------
+# One-worker view: what a deployed node holds
+# --------------------------------------------------------------------------------------
+class RelayNode:
+    """One worker's side of RelaySum on one tree (what a deployed node needs).
+
+    The node keeps the messages it received at the previous step. Per step it calls
+    :meth:`send` to get what to put on each edge, then :meth:`receive` with what its
+    neighbours sent in the same step, which returns its average. The math is the same
+    :func:`outgoing` / :func:`combine` / :func:`average` as :class:`RelaySum`.
+
+    Parameters
+    ----------
+    tree : networkx.Graph
+        The spanning tree (every node holds the same one).
+    node : int
+        This worker's id.
+    normalization, fill : see :class:`RelaySum`
+    initial : Tensor[d], optional
+        The shared ``x0`` (required for ``world_size``).
+    """
+
+    def __init__(self, tree: nx.Graph, node: int, *,
+                 normalization: Normalization = "world_size",
+                 initial: Tensor | None = None, fill: Fill = "initial") -> None:
+        tree = _topology.require_tree(tree)
+        _check_mode(normalization, fill, initial)
+        if node not in tree:
+            raise ConfigError(f"node {node} is not in the tree (nodes 0..{len(tree) - 1})")
+        self.node = node
+        self.num_nodes = tree.number_of_nodes()
+        self.neighbors: list[int] = sorted(tree.neighbors(node))
+        self.normalization = normalization
+        self.fill_mode = fill
+        self._fill = None if initial is None else initial.detach().clone()
+        self._m: Tensor | None = None  # [k, d]: m_{j->i} received at t-1, neighbour order
+        self._c: Tensor | None = None  # [k]
+
+    def send(self, value: Tensor) -> dict[int, tuple[Tensor, float]]:
+        """Messages for each neighbour at this step: ``{j: (m_{i->j}, c_{i->j})}``.
+
+        Parameters
+        ----------
+        value : Tensor[d]
+            What this worker shares at this step.
+        """
+        v = value.to(message_dtype(value.dtype))  # [d]
+        k = len(self.neighbors)
+        if self._m is None:
+            self._m = v.new_zeros(k, v.shape[0])  # [k, d]
+            self._c = v.new_zeros(k)  # [k]
+        self._v = v
+        inbox = self._m.sum(0, keepdim=True).expand(k, -1)  # [k, d]
+        c_inbox = self._c.sum().expand(k)  # [k]
+        m, c = outgoing(v.expand(k, -1), inbox, self._m, c_inbox, self._c)  # [k, d], [k]
+        return {j: (m[a], float(c[a])) for a, j in enumerate(self.neighbors)}
+
+    def receive(self, messages: Mapping[int, tuple[Tensor, float] | None]) -> Tensor:
+        """Take this step's messages from the neighbours and return the average.
+
+        Parameters
+        ----------
+        messages : mapping of neighbour id to ``(m_{j->i}, c_{j->i})``
+            A missing neighbour, or ``None``, is a dropped message (section 1.4): it
+            counts as zero and is not relayed on.
+
+        Returns
+        -------
+        Tensor[d]
+        """
+        v = self._v
+        k = len(self.neighbors)
+        m = v.new_zeros(k, v.shape[0])  # [k, d]
+        c = v.new_zeros(k)  # [k]
+        for a, j in enumerate(self.neighbors):
+            got = messages.get(j)
+            if got is not None:
+                m[a] = got[0].to(v.dtype)
+                c[a] = float(got[1])
+        self._m, self._c = m, c
+        S, C = combine(v.unsqueeze(0), m.sum(0, keepdim=True), c.sum().reshape(1))  # [1, d]
+        fill = None if self._fill is None else self._fill.to(v.dtype)
+        out = average(S, C, self.num_nodes, self.normalization, fill)[0]  # [d]
+        if self.normalization == "world_size" and self.fill_mode == "latest":
+            self._fill = out.clone()
+        self.last_count = float(C[0])
+        return out
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """The relay buffers (for checkpoints): received messages, counts, fill."""
+        return {"m": self._m, "c": self._c, "fill": self._fill}
+
+    def load_state_dict(self, state: Mapping[str, Tensor | None]) -> None:
+        self._m, self._c, self._fill = state["m"], state["c"], state["fill"]
+
+
+# --------------------------------------------------------------------------------------
+# Packing named tensors into the flat relayed vector
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """Where each named tensor sits in the flat relayed vector.
+
+    Attributes
+    ----------
+    names, shapes, dtypes : tuples, one entry per relayed tensor
+    offsets : tuple of int
+        Start of each relayed tensor in the flat vector.
+    local : tuple of str
+        Names kept local (integer buffers such as BatchNorm's ``num_batches_tracked``).
+    numel : int
+        Length d of the flat vector.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+    offsets: tuple[int, ...]
+    local: tuple[str, ...]
+    numel: int
+
+
+_warned_local: set[tuple[str, ...]] = set()
+
+
+def pack(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) -> tuple[Tensor, Layout]:
+    """Flatten named floating-point tensors into one relayed vector.
+
+    Integer and boolean tensors are never relayed: they stay local, listed in
+    ``Layout.local``, with one warning per set of names.
+
+    Returns
+    -------
+    flat : Tensor[d]
+        In the promoted dtype of the relayed tensors (at least float32).
+    layout : Layout
+    """
+    items = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
+    relayed = [(k, t) for k, t in items if t.dtype.is_floating_point]
+    local = tuple(k for k, t in items if not t.dtype.is_floating_point)
+    if local and local not in _warned_local:
+        _warned_local.add(local)
+        warnings.warn(f"relayfl: {len(local)} non-floating tensors are kept local and never "
+                      f"relayed: {', '.join(local[:4])}{' ...' if len(local) > 4 else ''}",
+                      stacklevel=2)
+    dtype = torch.float32
+    for _, t in relayed:
+        dtype = torch.promote_types(dtype, t.dtype)
+    offsets, off = [], 0
+    for _, t in relayed:
+        offsets.append(off)
+        off += t.numel()
+    flat = (torch.cat([t.detach().reshape(-1).to(dtype) for _, t in relayed])
+            if relayed else torch.zeros(0, dtype=dtype))
+    layout = Layout(tuple(k for k, _ in relayed), tuple(tuple(t.shape) for _, t in relayed),
+                    tuple(t.dtype for _, t in relayed), tuple(offsets), local, off)
+    return flat, layout
+
+
+def unpack(flat: Tensor, layout: Layout) -> dict[str, Tensor]:
+    """Inverse of :func:`pack` for the relayed tensors (each back in its own dtype)."""
+    if flat.shape[-1] != layout.numel:
+        raise ConfigError(f"flat vector has {flat.shape[-1]} entries, layout expects "
+                          f"{layout.numel}; pack and unpack the same model")
+    return {name: flat[..., off:off + int(np.prod(shape, dtype=np.int64))]
+            .reshape(*flat.shape[:-1], *shape).to(dt)
+            for name, shape, dt, off in zip(layout.names, layout.shapes, layout.dtypes,
+                                            layout.offsets, strict=True)}

@@ -1,0 +1,190 @@
+"""One result schema for every command: ``simulate``, ``compare``, ``node``, Flower runs.
+
+A :class:`RunResult` holds the full config, library versions, the topology summary and
+one :class:`EvalRecord` per evaluation. It saves as ``results.json`` plus a CSV of the
+evaluations, and loads back.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SCHEMA_VERSION", "EvalRecord", "RunResult", "library_versions"]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class EvalRecord:
+    """Every worker's model evaluated on the test set at one step.
+
+    Attributes
+    ----------
+    step, round : int
+        Local optimizer steps done, communication rounds done.
+    epoch : float
+        Fractional epochs over a worker's partition.
+    lr : float
+        Learning rate of the last step.
+    mean_accuracy, worst_accuracy, best_accuracy : float
+        Over workers (the paper reports the worst worker).
+    mean_loss, worst_loss : float
+        Test loss over workers.
+    train_loss : float
+        Mean training loss over workers at the last step.
+    consensus_distance : float
+        Mean squared distance of the workers' models from their average.
+    accuracies, losses : list of float
+        Per worker.
+    bytes_sent, bytes_received : list of int
+        Per worker, cumulative.
+    wall_s : float
+        Seconds since the run started.
+    """
+
+    step: int
+    round: int
+    epoch: float
+    lr: float
+    mean_accuracy: float
+    worst_accuracy: float
+    best_accuracy: float
+    mean_loss: float
+    worst_loss: float
+    train_loss: float
+    consensus_distance: float
+    accuracies: list[float]
+    losses: list[float]
+    bytes_sent: list[int]
+    bytes_received: list[int]
+    wall_s: float
+
+    @property
+    def mean_bytes_sent(self) -> float:
+        return sum(self.bytes_sent) / max(len(self.bytes_sent), 1)
+
+
+@dataclass
+class RunResult:
+    """A finished run, in the schema every relayfl command writes.
+
+    Attributes
+    ----------
+    config : dict
+        ``RunConfig.to_dict()``: enough to re-run it.
+    evaluations : list of EvalRecord
+    topology : dict
+        Summary of each graph used (nodes, edges, diameter, max degree, delay factor).
+    versions : dict
+        Python, relayfl, torch, numpy, networkx (and flwr where used).
+    task : dict
+        Dataset, model, number of parameters, partition sizes.
+    wall_s : float
+    engine : str
+        Which engine ran (``batched``, ``loop``, ``flower``, ``node``).
+    extra : dict
+        Anything else a command wants to keep (e.g. drops, dead nodes).
+    """
+
+    config: dict[str, Any]
+    evaluations: list[EvalRecord]
+    topology: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    engine: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def final(self) -> EvalRecord:
+        """The last evaluation."""
+        if not self.evaluations:
+            raise ValueError("this result holds no evaluation")
+        return self.evaluations[-1]
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    def summary(self) -> dict[str, Any]:
+        """One table row: algorithm, topology, alpha, accuracies, bytes, wall time."""
+        f = self.final
+        return {
+            "algorithm": self.config.get("algorithm"),
+            "topology": self.config.get("topology"),
+            "alpha": self.config.get("alpha"),
+            "seed": self.seed,
+            "clients": self.config.get("num_clients"),
+            "steps": f.step,
+            "mean_accuracy": f.mean_accuracy,
+            "worst_accuracy": f.worst_accuracy,
+            "mean_loss": f.mean_loss,
+            "bytes_per_client": f.mean_bytes_sent,
+            "wall_s": self.wall_s,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        data = dict(data)
+        data["evaluations"] = [EvalRecord(**e) for e in data.get("evaluations", [])]
+        return cls(**data)
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``results.json`` and ``evaluations.csv`` into folder ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "results.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
+        tmp.replace(path)  # never a half-written results.json
+        self.write_csv(out / "evaluations.csv")
+        return path
+
+    def write_csv(self, path: str | Path) -> None:
+        """One row per evaluation; per-worker lists as ';'-joined columns."""
+        rows = [asdict(e) for e in self.evaluations]
+        if not rows:
+            return
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v
+                                 for k, v in row.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunResult:
+        """Read a ``results.json`` (or the folder holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "results.json"
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def library_versions(*extra: str) -> dict[str, str]:
+    """Versions of Python and the libraries a run depends on."""
+    out = {"python": platform.python_version()}
+    for name in ("relayfl", "torch", "numpy", "networkx", *extra):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,237 @@
+"""``simulate(task, config)``: N workers in one process, on CPU or one torch device.
+
+All workers' parameters live in one flat ``Tensor[n, d]`` and their optimizer state
+in tensors of the same shape. Each step: every worker draws its batch (and dropout
+masks) from its keyed generators, one engine call gives all gradients, one
+optimizer update serves all workers, and every ``local_steps`` steps the algorithm's
+mixing step communicates (ALGORITHM.md sections 1.5, 1.6, 3).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from relayfl import partition, rng, topology
+from relayfl.algorithms import Mixer, Relay, make_mixer
+from relayfl.config import RunConfig
+from relayfl.engine import FunctionalModel, make_engine
+from relayfl.errors import ConfigError, PartitionError
+from relayfl.optim import learning_rate, make_optimizer
+from relayfl.results import EvalRecord, RunResult, library_versions
+from relayfl.task import Task, builtin
+
+__all__ = ["ClientData", "Progress", "make_partitions", "simulate"]
+
+#: Called after every step with (step, total_steps, latest evaluation or None).
+Progress = Callable[[int, int, EvalRecord | None], None]
+
+
+def make_partitions(task: Task, config: RunConfig) -> list[np.ndarray]:
+    """The data split every algorithm sees for this task, client count, alpha and seed."""
+    labels = task.partition_labels
+    if config.num_clients > len(labels):
+        raise PartitionError(f"cannot split {len(labels)} training samples over "
+                             f"{config.num_clients} clients; use at most {len(labels)} clients")
+    if config.iid:
+        return partition.iid(len(labels), config.num_clients, seed=config.seed)
+    return partition.dirichlet(labels, config.num_clients, config.alpha, seed=config.seed,
+                               even_split=config.even_split)
+
+
+@dataclass
+class ClientData:
+    """Each worker's partition as device tensors, with keyed batch sampling.
+
+    A worker's epoch is ``max(size // B, 1)`` steps (``drop_last``); its order is a
+    permutation drawn from generator ``(seed, client, epoch, "batch")``. A worker with
+    fewer than ``B`` samples cycles through its permutation to fill the batch.
+    """
+
+    x: Tensor
+    y: Tensor
+    parts: list[Tensor]
+    batch_size: int
+    seed: int
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        self._perm: dict[int, tuple[int, Tensor]] = {}
+
+    def indices(self, client: int, step: int) -> Tensor:
+        """Tensor[B]: training indices of ``client``'s batch at ``step``."""
+        part, B = self.parts[client], self.batch_size
+        size = len(part)
+        per_epoch = max(size // B, 1)
+        epoch, k = divmod(step, per_epoch)
+        cached = self._perm.get(client)
+        if cached is None or cached[0] != epoch:
+            gen = rng.generator(self.seed, client, epoch, "batch")
+            perm = part[torch.randperm(size, generator=gen).to(part.device)]
+            cached = self._perm[client] = (epoch, perm)
+        perm = cached[1]
+        if size >= B:
+            return perm[k * B:(k + 1) * B]
+        return perm.repeat(math.ceil(B / size))[:B]
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        """Every worker's batch: Tensor[n, B, ...] inputs and Tensor[n, B] targets."""
+        idx = torch.stack([self.indices(i, step) for i in range(len(self.parts))])  # [n, B]
+        xb, yb = self.x[idx], self.y[idx]  # [n, B, ...], [n, B]
+        if self.augment is not None:
+            xb = torch.stack([self.augment(xb[i], rng.generator(self.seed, i, step, "augment"))
+                              for i in range(len(self.parts))])
+        return xb, yb
+
+
+def _drop_masks(mixer: Mixer, n: int, p: float, seed: int, step: int) -> list[Tensor] | None:
+    """Which messages arrive this step (section 1.4): each receiver draws for its incoming
+    edges from generator ``(seed, receiver, step, "drop")``, graph by graph, by sender."""
+    if p <= 0 or not mixer.edges:
+        return None
+    incoming: list[list[tuple[int, int]]] = [[] for _ in range(n)]  # receiver -> (graph, e)
+    for k, (_, dst) in enumerate(mixer.edges):
+        for e, j in enumerate(dst.tolist()):
+            incoming[j].append((k, e))
+    keep = [torch.ones(len(dst), dtype=torch.bool) for _, dst in mixer.edges]
+    for j in range(n):
+        if not incoming[j]:
+            continue
+        draws = torch.rand(len(incoming[j]), generator=rng.generator(seed, j, step, "drop"))
+        for (k, e), u in zip(incoming[j], draws.tolist(), strict=True):
+            keep[k][e] = u >= p
+    device = mixer.edges[0][0].device
+    return [m.to(device) for m in keep]
+
+
+def simulate(task: Task | RunConfig | None = None, config: RunConfig | None = None, *,
+             progress: Progress | None = None) -> RunResult:
+    """Run one decentralized training simulation.
+
+    Parameters
+    ----------
+    task : Task, optional
+        Model, loss and data. Default: the built-in dataset named by ``config.dataset``.
+    config : RunConfig, optional
+        Default: ``RunConfig()`` (RelaySGD, binary tree, 16 clients, alpha 0.1, digits).
+    progress : callable, optional
+        Called after every step as ``progress(step, total, latest_eval)``.
+
+    Returns
+    -------
+    RunResult
+
+    Examples
+    --------
+    >>> import relayfl
+    >>> result = relayfl.simulate(config=relayfl.RunConfig(steps=100))  # doctest: +SKIP
+    >>> result.final.worst_accuracy  # doctest: +SKIP
+    """
+    if isinstance(task, RunConfig):
+        task, config = None, task
+    config = config or RunConfig()
+    if task is None:
+        task = builtin(config.dataset, root=config.data_root, model=config.model,
+                       limit_test=config.eval_limit, dropout=config.dropout)
+    started = time.perf_counter()
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {config.device!r} requested but CUDA is not available; "
+                          "use --device cpu")
+    n = config.num_clients
+
+    graphs = topology.build(config.topology_name, n, root=config.root,
+                            spanning=config.spanning_tree)
+    parts = make_partitions(task, config)
+
+    fm = FunctionalModel(task.init_model(config.seed), task.loss_fn).to(device)
+    x = fm.x0.unsqueeze(0).repeat(n, 1)  # [n, d]
+    data = ClientData(task.x_train.to(device), task.y_train.to(device),
+                      [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
+                      config.batch_size, config.seed, task.augment)
+    x_test = task.x_test[: config.eval_limit].to(device)
+    y_test = task.y_test[: config.eval_limit].to(device)
+    sample_inputs, _ = data.batch(0)
+    engine = make_engine(fm, config.engine, sample_inputs[0])  # type: ignore[arg-type]
+    shapes = fm.dropout_shapes(sample_inputs[0])
+
+    mixer = make_mixer(config.algorithm, graphs, fm.x0, fill=config.fill,  # type: ignore[arg-type]
+                       normalization=config.normalization)
+    optimizer = make_optimizer(config.optimizer, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.nesterov)
+    correction = 1.0
+    if config.lr_correction and isinstance(mixer, Relay):
+        correction = float(np.mean([topology.delay_correction(g) for g in graphs]))
+    base_lr = config.lr * correction
+    steps_per_epoch = float(np.mean([len(p) for p in parts])) / config.batch_size
+    per_round = mixer.bytes_per_round(fm.numel, fm.x0.dtype)  # [n]
+    sent = torch.zeros(n, dtype=torch.int64)
+
+    evaluations: list[EvalRecord] = []
+    x_start = x
+    lr, train_loss = 0.0, float("nan")
+
+    def evaluate(step: int, rounds: int) -> EvalRecord:
+        acc, loss = engine.evaluate(x, x_test, y_test)
+        acc_l, loss_l = acc.tolist(), loss.tolist()
+        consensus = float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
+        record = EvalRecord(
+            step=step, round=rounds, epoch=step / steps_per_epoch, lr=lr,
+            mean_accuracy=float(np.mean(acc_l)), worst_accuracy=float(min(acc_l)),
+            best_accuracy=float(max(acc_l)), mean_loss=float(np.mean(loss_l)),
+            worst_loss=float(max(loss_l)), train_loss=train_loss,
+            consensus_distance=consensus, accuracies=acc_l, losses=loss_l,
+            bytes_sent=sent.tolist(), bytes_received=sent.tolist(),
+            wall_s=time.perf_counter() - started)
+        evaluations.append(record)
+        return record
+
+    rounds = 0
+    for step in range(config.steps):
+        lr = learning_rate(step, base=base_lr, steps_per_epoch=steps_per_epoch,
+                           total_steps=config.steps, warmup_epochs=config.warmup_epochs,
+                           milestones=config.milestones, world_size=n,
+                           enabled=config.schedule)
+        xb, yb = data.batch(step)
+        masks = None
+        if shapes:
+            per = [fm.dropout_masks(shapes, rng.generator(config.seed, i, step, "dropout"),
+                                    device) for i in range(n)]
+            masks = {k: torch.stack([m[k] for m in per]) for k in shapes}  # [n, B, ...]
+        g, losses = engine.grads(x, xb, yb, masks)  # [n, d], [n]
+        x = x + optimizer.update(x, g, lr)  # [n, d]: x^(t+1/2)
+        train_loss = float(losses.mean())
+        if not math.isfinite(train_loss):
+            raise ConfigError(f"training diverged at step {step} (loss {train_loss}) with "
+                              f"lr {lr:g}; lower --lr or turn off --lr-correction")
+        if (step + 1) % config.local_steps == 0:
+            keep = _drop_masks(mixer, n, config.drop_probability, config.seed, step)
+            x = mixer.mix(x_start, x, keep)  # [n, d]
+            x_start = x
+            rounds += 1
+            sent += per_round
+        latest = None
+        done = step + 1
+        if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
+            latest = evaluate(done, rounds)
+        if progress is not None:
+            progress(done, config.steps, latest)
+
+    summary = [topology.describe(g) for g in graphs]
+    return RunResult(
+        config=config.to_dict(), evaluations=evaluations,
+        topology={"name": config.topology_name, "graphs": summary,
+                  "lr_correction_factor": correction},
+        versions=library_versions(), wall_s=time.perf_counter() - started,
+        engine=engine.name,
+        task={"name": task.name, "parameters": fm.numel, "train_samples": len(task.x_train),
+              "test_samples": len(x_test), "partition_sizes": [len(p) for p in parts],
+              "partition_counts": partition.count_matrix(
+                  task.partition_labels, parts, task.num_classes).tolist(),
+              **task.info})
