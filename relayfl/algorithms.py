@@ -31,8 +31,12 @@ __all__ = ["ALGORITHMS", "AllReduce", "Gossip", "Mixer", "Relay", "make_mixer"]
 ALGORITHMS: tuple[str, ...] = ("relaysgd", "relaysgd-grad", "dpsgd", "allreduce")
 
 #: Default topology per algorithm (relay: binary tree; gossip: ring).
-DEFAULT_TOPOLOGY: dict[str, str] = {"relaysgd": "binary-tree", "relaysgd-grad": "binary-tree",
-                                    "dpsgd": "ring", "allreduce": "fully-connected"}
+DEFAULT_TOPOLOGY: dict[str, str] = {
+    "relaysgd": "binary-tree",
+    "relaysgd-grad": "binary-tree",
+    "dpsgd": "ring",
+    "allreduce": "fully-connected",
+}
 
 
 class Mixer:
@@ -41,8 +45,7 @@ class Mixer:
     #: Directed edges of each graph (for per-message drop masks), or empty.
     edges: list[tuple[Tensor, Tensor]]
 
-    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None
-            ) -> Tensor:
+    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
         """New models from the round's start ``x_start`` and local result ``x_half``.
 
         Parameters
@@ -65,17 +68,27 @@ class Mixer:
 class Relay(Mixer):
     """RelaySGD (``grad=False``) or RelaySGD/Grad (``grad=True``) on one or more trees."""
 
-    def __init__(self, trees: Sequence[nx.Graph], x0: Tensor, *, grad: bool = False,
-                 normalization: str | None = None, fill: Fill = "initial") -> None:
+    def __init__(
+        self,
+        trees: Sequence[nx.Graph],
+        x0: Tensor,
+        *,
+        grad: bool = False,
+        normalization: str | None = None,
+        fill: Fill = "initial",
+    ) -> None:
         norm = normalization or ("sum" if grad else "world_size")
         self.grad = grad
-        self.relay = RelaySum(trees, normalization=norm,  # type: ignore[arg-type]
-                              initial=None if norm != "world_size" else x0, fill=fill,
-                              device=x0.device)
+        self.relay = RelaySum(
+            trees,
+            normalization=norm,  # type: ignore[arg-type]
+            initial=None if norm != "world_size" else x0,
+            fill=fill,
+            device=x0.device,
+        )
         self.edges = [(e.src, e.dst) for e in self.relay.edge_indices]
 
-    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None
-            ) -> Tensor:
+    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
         if self.grad:
             avg = self.relay.step(x_half - x_start, keep=keep)  # [n, d]: mean of updates
             return x_start + avg.to(x_start.dtype)
@@ -92,8 +105,13 @@ class Gossip(Mixer):
     arrived (self weight + kept neighbour weights; section 1.4).
     """
 
-    def __init__(self, graphs: Sequence[nx.Graph], device: torch.device | str = "cpu", *,
-                 weight: float | None = None) -> None:
+    def __init__(
+        self,
+        graphs: Sequence[nx.Graph],
+        device: torch.device | str = "cpu",
+        *,
+        weight: float | None = None,
+    ) -> None:
         self.graphs = tuple(graphs)
         self.slices = tree_slices(len(self.graphs))
         self.edges, self._w, self._self_w = [], [], []
@@ -105,8 +123,7 @@ class Gossip(Mixer):
             self._w.append(as_t(W[src, dst]))  # [e]
             self._self_w.append(as_t(np.diag(W).copy()))  # [n]
 
-    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None
-            ) -> Tensor:
+    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
         out = torch.empty_like(x_half)
         for k, sl in enumerate(self.slices):
             src, dst = self.edges[k]
@@ -140,8 +157,7 @@ class AllReduce(Mixer):
         self.num_nodes = num_nodes
         self.edges = []
 
-    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None
-            ) -> Tensor:
+    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
         mean = x_half.to(message_dtype(x_half.dtype)).mean(0, keepdim=True)  # [1, d]
         return mean.to(x_half.dtype).expand_as(x_half).clone()
 
@@ -152,9 +168,15 @@ class AllReduce(Mixer):
         return torch.full((n,), per, dtype=torch.int64)
 
 
-def make_mixer(algorithm: str, graphs: Sequence[nx.Graph], x0: Tensor, *,
-               fill: Fill = "initial", normalization: str | None = None,
-               gossip_weight: float | None = None) -> Mixer:
+def make_mixer(
+    algorithm: str,
+    graphs: Sequence[nx.Graph],
+    x0: Tensor,
+    *,
+    fill: Fill = "initial",
+    normalization: str | None = None,
+    gossip_weight: float | None = None,
+) -> Mixer:
     """Build the mixing step of ``algorithm`` on ``graphs`` (checked and explained)."""
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
@@ -165,9 +187,11 @@ def make_mixer(algorithm: str, graphs: Sequence[nx.Graph], x0: Tensor, *,
                 raise NotATreeError(
                     f"{algorithm} needs a spanning tree, but the graph has {g.number_of_edges()} "
                     f"edges on {g.number_of_nodes()} nodes (a cycle); use --spanning-tree bfs or "
-                    "min-diameter (topology.spanning_tree(graph)), or use --algorithm dpsgd")
-        return Relay(graphs, x0, grad=algorithm == "relaysgd-grad", fill=fill,
-                     normalization=normalization)
+                    "min-diameter (topology.spanning_tree(graph)), or use --algorithm dpsgd"
+                )
+        return Relay(
+            graphs, x0, grad=algorithm == "relaysgd-grad", fill=fill, normalization=normalization
+        )
     if algorithm == "dpsgd":
         return Gossip(graphs, x0.device, weight=gossip_weight)
     return AllReduce(n)

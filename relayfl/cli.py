@@ -28,8 +28,7 @@ def _alpha(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"alpha must be a number or 'iid', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"alpha must be a number or 'iid', got {text!r}") from None
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -45,43 +44,91 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     g = p.add_argument_group("algorithm and topology")
     g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm)
-    g.add_argument("--topology", default=None,
-                   help="chain, ring, star, binary-tree, tree, double-binary-trees, "
-                   "fully-connected, social-network, or an edge-list file "
-                   "(default: binary-tree for relays, ring for dpsgd)")
-    g.add_argument("--spanning-tree", dest="spanning_tree", choices=SPANNING, default=None,
-                   help="reduce the graph to a spanning tree (BFS from --root, or the "
-                   "minimum-diameter tree)")
+    g.add_argument(
+        "--topology",
+        default=None,
+        help="chain, ring, star, binary-tree, tree, double-binary-trees, "
+        "fully-connected, social-network, or an edge-list file "
+        "(default: binary-tree for relays, ring for dpsgd)",
+    )
+    g.add_argument(
+        "--spanning-tree",
+        dest="spanning_tree",
+        choices=SPANNING,
+        default=None,
+        help="reduce the graph to a spanning tree (BFS from --root, or the minimum-diameter tree)",
+    )
     g.add_argument("--root", type=int, default=d.root)
-    g.add_argument("--fill", choices=FILLS, default=d.fill,
-                   help="RelaySum/Model fill for missing workers; 'latest' for lossy links")
+    g.add_argument(
+        "--fill",
+        choices=FILLS,
+        default=d.fill,
+        help="RelaySum/Model fill for missing workers; 'latest' for lossy links",
+    )
     g.add_argument("--normalization", choices=NORMALIZATIONS, default=None)
-    g.add_argument("--drop-probability", dest="drop_probability", type=float,
-                   default=d.drop_probability, help="simulated message drops (0..1)")
+    g.add_argument(
+        "--drop-probability",
+        dest="drop_probability",
+        type=float,
+        default=d.drop_probability,
+        help="simulated message drops (0..1)",
+    )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=d.dataset)
-    g.add_argument("--data-root", dest="data_root", default=None,
-                   help="folder holding the data set files (fashion-mnist, mnist, cifar10)")
+    g.add_argument(
+        "--data-root",
+        dest="data_root",
+        default=None,
+        help="folder holding the data set files (fashion-mnist, mnist, cifar10)",
+    )
     g.add_argument("--model", default=None, help="small-cnn, vgg11 or mlp")
     g.add_argument("--clients", dest="num_clients", type=int, default=d.num_clients)
-    g.add_argument("--alpha", type=_alpha, default=d.alpha,
-                   help="Dirichlet label skew (smaller = more skewed), or 'iid'")
-    g.add_argument("--no-even-split", dest="even_split", action="store_false", default=None,
-                   help="keep the Dirichlet bucket sizes (no even re-split)")
-    g.add_argument("--eval-limit", dest="eval_limit", type=int, default=None,
-                   help="evaluate on the first K test samples")
+    g.add_argument(
+        "--alpha",
+        type=_alpha,
+        default=d.alpha,
+        help="Dirichlet label skew (smaller = more skewed), or 'iid'",
+    )
+    g.add_argument(
+        "--no-even-split",
+        dest="even_split",
+        action="store_false",
+        default=None,
+        help="keep the Dirichlet bucket sizes (no even re-split)",
+    )
+    g.add_argument(
+        "--eval-limit",
+        dest="eval_limit",
+        type=int,
+        default=None,
+        help="evaluate on the first K test samples",
+    )
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=d.steps)
     g.add_argument("--local-steps", dest="local_steps", type=int, default=d.local_steps)
     g.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--lr-correction", dest="lr_correction", action="store_true", default=None,
-                   help="multiply the relay's learning rate by 1 + mean delay")
-    g.add_argument("--no-schedule", dest="schedule", action="store_false", default=None,
-                   help="constant learning rate (no warm-up, no decay)")
+    g.add_argument(
+        "--lr-correction",
+        dest="lr_correction",
+        action=argparse.BooleanOptionalAction,
+        default=d.lr_correction,
+        help="relaysgd: multiply the learning rate by 1 + mean delay of the tree",
+    )
+    g.add_argument(
+        "--no-schedule",
+        dest="schedule",
+        action="store_false",
+        default=None,
+        help="constant learning rate (no warm-up, no decay)",
+    )
     g.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None)
-    g.add_argument("--milestones", type=_fractions, default=None,
-                   help="decay points as fractions of the run (default 0.75,0.9)")
+    g.add_argument(
+        "--milestones",
+        type=_fractions,
+        default=None,
+        help="decay points as fractions of the run (default 0.75,0.9)",
+    )
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--weight-decay", dest="weight_decay", type=float, default=d.weight_decay)
@@ -95,13 +142,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="relayfl", description="Serverless decentralized learning with RelaySum.")
+        prog="relayfl", description="Serverless decentralized learning with RelaySum."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser("simulate", help="simulate N workers in one process",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate N workers in one process",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _add_run_options(sim)
-    sim.add_argument("--out", default="results/simulate",
-                     help="folder for results.json, evaluations.csv and the PNGs")
+    sim.add_argument(
+        "--out",
+        default="results/simulate",
+        help="folder for results.json, evaluations.csv and the PNGs",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -111,15 +165,31 @@ def _table(rows: list[dict], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("algorithm", "topology", "alpha", "clients", "steps", "mean acc",
-                "worst acc", "MB/client", "wall s"):
+    for col in (
+        "algorithm",
+        "topology",
+        "alpha",
+        "clients",
+        "steps",
+        "mean acc",
+        "worst acc",
+        "MB/client",
+        "wall s",
+    ):
         table.add_column(col, justify="right" if col not in ("algorithm", "topology") else "left")
     for r in rows:
-        table.add_row(str(r["algorithm"]), str(r["topology"]), str(r["alpha"]),
-                      str(r["clients"]), str(r["steps"]), f"{r['mean_accuracy']:.4f}",
-                      f"{r['worst_accuracy']:.4f}", f"{r['bytes_per_client'] / 1e6:.2f}",
-                      f"{r['wall_s']:.1f}")
-    Console().print(table)
+        table.add_row(
+            str(r["algorithm"]),
+            str(r["topology"]),
+            str(r["alpha"]),
+            str(r["clients"]),
+            str(r["steps"]),
+            f"{r['mean_accuracy']:.4f}",
+            f"{r['worst_accuracy']:.4f}",
+            f"{r['bytes_per_client'] / 1e6:.2f}",
+            f"{r['wall_s']:.1f}",
+        )
+    Console(width=max(Console().width, 110)).print(table)
 
 
 def run_simulate(args: argparse.Namespace) -> RunResult:
@@ -130,12 +200,18 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
 
     config = RunConfig.from_args(args)
     out = Path(args.out)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} steps"),
-                  TextColumn("{task.fields[acc]}"), TimeRemainingColumn(),
-                  disable=args.quiet, transient=False) as bar:
-        job = bar.add_task(f"{config.algorithm} on {config.topology_name}",
-                           total=config.steps, acc="")
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[acc]}"),
+        TimeRemainingColumn(),
+        disable=args.quiet,
+        transient=False,
+    ) as bar:
+        job = bar.add_task(
+            f"{config.algorithm} on {config.topology_name}", total=config.steps, acc=""
+        )
 
         def progress(step: int, total: int, latest: object) -> None:
             acc = getattr(latest, "worst_accuracy", None)
@@ -145,16 +221,23 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
 
         result = simulate(config=config, progress=progress)
     result.save(out)
-    plots.learning_curves(result, out / "learning_curve.png",
-                          title=f"{config.dataset}, {config.num_clients} clients, "
-                          f"alpha={config.to_dict()['alpha']}")
-    partition.plot_counts(result.task["partition_counts"], out / "partition.png",
-                          title=f"label counts per client (alpha={config.to_dict()['alpha']})")
+    plots.learning_curves(
+        result,
+        out / "learning_curve.png",
+        title=f"{config.dataset}, {config.num_clients} clients, alpha={config.to_dict()['alpha']}",
+    )
+    partition.plot_counts(
+        result.task["partition_counts"],
+        out / "partition.png",
+        title=f"label counts per client (alpha={config.to_dict()['alpha']})",
+    )
     summary = result.summary()
     summary["topology"] = config.topology_name
     _table([summary], title=f"relayfl simulate ({result.engine} engine)")
-    print(f"results written to {out}/ (results.json, evaluations.csv, learning_curve.png, "
-          "partition.png)")
+    print(
+        f"results written to {out}/ (results.json, evaluations.csv, learning_curve.png, "
+        "partition.png)"
+    )
     return result
 
 

@@ -53,7 +53,9 @@ class RunConfig:
     lr : float
         Base learning rate.
     lr_correction : bool
-        Multiply the learning rate by ``1 + mean delay`` for relays (section 1.8).
+        For ``relaysgd``, multiply the learning rate by ``1 + mean delay`` of the tree
+        (section 1.8: delayed averaging shrinks the effective step by that factor; the
+        paper's tuned rates carry it). Ignored by the other algorithms.
     schedule : bool
         Warm-up and step decay (section 1.8); off gives a constant learning rate.
     warmup_epochs : float
@@ -93,7 +95,7 @@ class RunConfig:
     local_steps: int = 1
     batch_size: int = 32
     lr: float = DEFAULT_LR
-    lr_correction: bool = False
+    lr_correction: bool = True
     schedule: bool = True
     warmup_epochs: float = 5.0
     milestones: tuple[float, ...] = (0.75, 0.9)
@@ -118,8 +120,10 @@ class RunConfig:
         if self.algorithm not in ALGORITHMS:
             bad(f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}")
         if not (self.alpha > 0):  # also catches NaN
-            bad(f"alpha must be > 0, got {self.alpha}; use e.g. 0.1 for strong label skew, "
-                "100 for nearly IID, or 'iid'")
+            bad(
+                f"alpha must be > 0, got {self.alpha}; use e.g. 0.1 for strong label skew, "
+                "100 for nearly IID, or 'iid'"
+            )
         if self.num_clients < 1:
             bad(f"num_clients must be >= 1, got {self.num_clients}")
         for name in ("steps", "local_steps", "batch_size"):
@@ -140,8 +144,10 @@ class RunConfig:
         if self.fill not in FILLS:
             bad(f"unknown fill {self.fill!r}; use one of {', '.join(FILLS)}")
         if self.normalization not in (None, *NORMALIZATIONS):
-            bad(f"unknown normalization {self.normalization!r}; "
-                f"use one of {', '.join(NORMALIZATIONS)}")
+            bad(
+                f"unknown normalization {self.normalization!r}; "
+                f"use one of {', '.join(NORMALIZATIONS)}"
+            )
         if self.engine not in ENGINES:
             bad(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINES)}")
         if any(not 0 < f <= 1 for f in self.milestones):
@@ -149,8 +155,10 @@ class RunConfig:
         if self.dataset not in DATASETS:
             bad(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
         if self.drop_probability > 0 and self.algorithm == "allreduce":
-            bad("drop-probability applies to decentralized links; allreduce has none. "
-                "Use --algorithm relaysgd or dpsgd")
+            bad(
+                "drop-probability applies to decentralized links; allreduce has none. "
+                "Use --algorithm relaysgd or dpsgd"
+            )
 
     @property
     def topology_name(self) -> str:

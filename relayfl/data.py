@@ -541,8 +541,8 @@ def load(name: str, *, root: str | Path | None = None, **options: Any) -> Datase
     if name in ("mnist", "cifar10"):
         if root is None:
             raise ConfigError(
-                f"data set {name!r} has no default folder; pass root=FOLDER (the folder that "
-                "holds its files); relayfl never downloads"
+                f"data set {name!r} has no default folder; pass --data-root FOLDER (Python: "
+                "root=FOLDER), the folder that holds its files; relayfl never downloads"
             )
         loader = load_mnist if name == "mnist" else load_cifar10
         return loader(root, **options)

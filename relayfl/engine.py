@@ -72,7 +72,8 @@ class FunctionalModel:
                 raise ConfigError(
                     f"module {name!r} is {type(mod).__name__} with running statistics, which "
                     "the simulator does not relay; use nn.GroupNorm (as the paper's "
-                    "ResNet-EvoNorm does) or BatchNorm with track_running_stats=False")
+                    "ResNet-EvoNorm does) or BatchNorm with track_running_stats=False"
+                )
         self.dropout_names: list[str] = []
         self._swap_dropout(model, "")
         self.model = model
@@ -89,8 +90,10 @@ class FunctionalModel:
             full = f"{prefix}{name}"
             if isinstance(child, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.AlphaDropout):
                 if type(child) is not nn.Dropout:
-                    raise ConfigError(f"module {full!r} is {type(child).__name__}; only "
-                                      "nn.Dropout is supported, replace it")
+                    raise ConfigError(
+                        f"module {full!r} is {type(child).__name__}; only "
+                        "nn.Dropout is supported, replace it"
+                    )
                 setattr(module, name, _KeyedDropout(child.p))
                 self.dropout_names.append(full)
             else:
@@ -103,8 +106,10 @@ class FunctionalModel:
     def params(self, x: Tensor) -> dict[str, Tensor]:
         """Named parameter views of one flat row ``x`` [d] (a split, so backward is one cat)."""
         parts = torch.split(x, self.sizes)
-        return {k: p.view(s) for k, p, s in zip(self.layout.names, parts, self.layout.shapes,
-                                                 strict=True)}
+        return {
+            k: p.view(s)
+            for k, p, s in zip(self.layout.names, parts, self.layout.shapes, strict=True)
+        }
 
     def to(self, device: torch.device | str) -> FunctionalModel:
         self.model.to(device)
@@ -112,8 +117,7 @@ class FunctionalModel:
         self.x0 = self.x0.to(device)
         return self
 
-    def logits(self, x: Tensor, inputs: Tensor, masks: dict[str, Tensor] | None = None
-               ) -> Tensor:
+    def logits(self, x: Tensor, inputs: Tensor, masks: dict[str, Tensor] | None = None) -> Tensor:
         """Forward pass of one worker's model ``x`` [d] on ``inputs`` [B, ...]."""
         for name, mod in self._drop.items():
             mod.mask = None if masks is None else masks[name]
@@ -123,8 +127,9 @@ class FunctionalModel:
             for mod in self._drop.values():
                 mod.mask = None
 
-    def loss(self, x: Tensor, inputs: Tensor, targets: Tensor,
-             masks: dict[str, Tensor] | None = None) -> Tensor:
+    def loss(
+        self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None = None
+    ) -> Tensor:
         return self.loss_fn(self.logits(x, inputs, masks), targets)
 
     def dropout_shapes(self, inputs: Tensor) -> dict[str, tuple[int, ...]]:
@@ -141,8 +146,9 @@ class FunctionalModel:
             for mod in self._drop.values():
                 mod.record = None
 
-    def dropout_masks(self, shapes: dict[str, tuple[int, ...]], gen: torch.Generator,
-                      device: torch.device | str) -> dict[str, Tensor]:
+    def dropout_masks(
+        self, shapes: dict[str, tuple[int, ...]], gen: torch.Generator, device: torch.device | str
+    ) -> dict[str, Tensor]:
         """One worker's dropout masks for one step, from its keyed generator."""
         masks = {}
         for name in self.dropout_names:
@@ -160,8 +166,9 @@ class Engine:
     def __init__(self, fm: FunctionalModel) -> None:
         self.fm = fm
 
-    def grads(self, x: Tensor, inputs: Tensor, targets: Tensor,
-              masks: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+    def grads(
+        self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
         """Per-worker gradients and losses.
 
         Parameters
@@ -178,8 +185,9 @@ class Engine:
         """
         raise NotImplementedError
 
-    def evaluate(self, x: Tensor, inputs: Tensor, targets: Tensor, *, chunk: int = 1024
-                 ) -> tuple[Tensor, Tensor]:
+    def evaluate(
+        self, x: Tensor, inputs: Tensor, targets: Tensor, *, chunk: int = 1024
+    ) -> tuple[Tensor, Tensor]:
         """Accuracy and mean loss of every worker's model on one shared test set.
 
         Returns
@@ -191,7 +199,7 @@ class Engine:
         total_loss = torch.zeros(n, device=x.device, dtype=torch.float64)
         with torch.no_grad():
             for start in range(0, len(inputs), chunk):
-                xb, yb = inputs[start:start + chunk], targets[start:start + chunk]
+                xb, yb = inputs[start : start + chunk], targets[start : start + chunk]
                 logits = self._logits_all(x, xb)  # [n, b, classes]
                 correct += (logits.argmax(-1) == yb).sum(-1)
                 losses = torch.stack([self.fm.loss_fn(lg, yb) for lg in logits])  # [n]
@@ -211,8 +219,9 @@ class LoopEngine(Engine):
         super().__init__(fm)
         self._g = grad_and_value(fm.loss)
 
-    def grads(self, x: Tensor, inputs: Tensor, targets: Tensor,
-              masks: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+    def grads(
+        self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
         gs, losses = [], []
         for i in range(x.shape[0]):
             mi = None if masks is None else {k: v[i] for k, v in masks.items()}
@@ -236,8 +245,9 @@ class BatchedEngine(Engine):
         self._g_nomask = vmap(grad_and_value(fm.loss), in_dims=(0, 0, 0, None))
         self._fwd = vmap(fm.logits, in_dims=(0, None))
 
-    def grads(self, x: Tensor, inputs: Tensor, targets: Tensor,
-              masks: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+    def grads(
+        self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
         if masks:
             g, loss = self._g(x, inputs, targets, masks)
         else:

@@ -36,8 +36,10 @@ class SGD:
 
     def __post_init__(self) -> None:
         if self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError(f"momentum and weight decay must be >= 0, got "
-                              f"{self.momentum} and {self.weight_decay}")
+            raise ConfigError(
+                f"momentum and weight decay must be >= 0, got "
+                f"{self.momentum} and {self.weight_decay}"
+            )
 
     def update(self, x: Tensor, g: Tensor, lr: float) -> Tensor:
         """The step ``u = -lr * (g + mu * b)`` for params ``x`` and gradients ``g`` [n, d].
@@ -90,8 +92,9 @@ class Adam:
         self.exp_avg, self.exp_avg_sq, self.t = state["exp_avg"], state["exp_avg_sq"], state["t"]
 
 
-def make_optimizer(name: str, *, momentum: float = 0.0, weight_decay: float = 0.0,
-                   nesterov: bool = True) -> SGD | Adam:
+def make_optimizer(
+    name: str, *, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = True
+) -> SGD | Adam:
     """Build ``"sgd"`` or ``"adam"`` by name."""
     if name == "sgd":
         return SGD(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
@@ -100,9 +103,18 @@ def make_optimizer(name: str, *, momentum: float = 0.0, weight_decay: float = 0.
     raise ConfigError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
-def learning_rate(step: int, *, base: float, steps_per_epoch: float, total_steps: int,
-                  warmup_epochs: float = 5.0, milestones: Sequence[float] = (0.75, 0.9),
-                  decay: float = 0.1, world_size: int = 2, enabled: bool = True) -> float:
+def learning_rate(
+    step: int,
+    *,
+    base: float,
+    steps_per_epoch: float,
+    total_steps: int,
+    warmup_epochs: float = 5.0,
+    milestones: Sequence[float] = (0.75, 0.9),
+    decay: float = 0.1,
+    world_size: int = 2,
+    enabled: bool = True,
+) -> float:
     """The paper's schedule (ALGORITHM.md 1.8), with milestones as fractions of the run.
 
     ``lr = base * min(e / warmup, 1) * decay ** #{milestones passed}``, where

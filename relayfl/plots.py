@@ -25,8 +25,9 @@ def _label(result: RunResult) -> str:
     return f"{c.get('algorithm')} / {c.get('topology') or result.topology.get('name')}"
 
 
-def learning_curves(results: RunResult | Sequence[RunResult], path: str | Path, *,
-                    title: str | None = None) -> Path:
+def learning_curves(
+    results: RunResult | Sequence[RunResult], path: str | Path, *, title: str | None = None
+) -> Path:
     """Mean (solid) and worst-client (dashed) test accuracy against steps.
 
     Parameters
@@ -42,10 +43,19 @@ def learning_curves(results: RunResult | Sequence[RunResult], path: str | Path, 
     for k, res in enumerate(runs):
         steps = [e.step for e in res.evaluations]
         color = f"C{k % 10}"
-        ax.plot(steps, [e.mean_accuracy for e in res.evaluations], color=color,
-                label=f"{_label(res)} (mean)")
-        ax.plot(steps, [e.worst_accuracy for e in res.evaluations], color=color,
-                linestyle="--", label=f"{_label(res)} (worst client)")
+        ax.plot(
+            steps,
+            [e.mean_accuracy for e in res.evaluations],
+            color=color,
+            label=f"{_label(res)} (mean)",
+        )
+        ax.plot(
+            steps,
+            [e.worst_accuracy for e in res.evaluations],
+            color=color,
+            linestyle="--",
+            label=f"{_label(res)} (worst client)",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)

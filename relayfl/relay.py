@@ -51,8 +51,9 @@ FILLS: tuple[str, ...] = ("initial", "latest")
 # --------------------------------------------------------------------------------------
 # The math (sections 1.1-1.2), shared by the stacked and the one-node views
 # --------------------------------------------------------------------------------------
-def outgoing(v: Tensor, inbox: Tensor, back: Tensor, c_inbox: Tensor, c_back: Tensor
-             ) -> tuple[Tensor, Tensor]:
+def outgoing(
+    v: Tensor, inbox: Tensor, back: Tensor, c_inbox: Tensor, c_back: Tensor
+) -> tuple[Tensor, Tensor]:
     """Messages and counts a sender puts on its edges (ALGORITHM.md section 1.1).
 
     ``m_{i->j} = v_i + sum_{k in N_i} m_{k->i} - m_{j->i}``: the sender's fresh value
@@ -88,8 +89,9 @@ def combine(v: Tensor, received: Tensor, c_received: Tensor) -> tuple[Tensor, Te
     return v + received, 1 + c_received
 
 
-def average(S: Tensor, C: Tensor, n: int, normalization: Normalization,
-            fill: Tensor | None = None) -> Tensor:
+def average(
+    S: Tensor, C: Tensor, n: int, normalization: Normalization, fill: Tensor | None = None
+) -> Tensor:
     """Turn a RelaySum sum into an average (section 1.2, the three normalisations).
 
     Parameters
@@ -117,8 +119,10 @@ def average(S: Tensor, C: Tensor, n: int, normalization: Normalization,
 def message_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of relayed sums: at least float32, never a downcast (float64 stays float64)."""
     if not dtype.is_floating_point:
-        raise ConfigError(f"relay values must be floating point, got {dtype}; "
-                          "integer tensors are kept local (see relay.pack)")
+        raise ConfigError(
+            f"relay values must be floating point, got {dtype}; "
+            "integer tensors are kept local (see relay.pack)"
+        )
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -142,8 +146,7 @@ class EdgeIndex:
     num_nodes: int
 
     @classmethod
-    def from_graph(cls, graph: nx.Graph, device: torch.device | str | None = None
-                   ) -> EdgeIndex:
+    def from_graph(cls, graph: nx.Graph, device: torch.device | str | None = None) -> EdgeIndex:
         """Build the index of a tree (``topology.require_tree`` is checked first)."""
         tree = _topology.require_tree(graph)
         src, dst, rev = _topology.edge_index(tree)
@@ -155,8 +158,9 @@ class EdgeIndex:
         return torch.bincount(self.src, minlength=self.num_nodes)
 
     def to(self, device: torch.device | str) -> EdgeIndex:
-        return EdgeIndex(self.src.to(device), self.dst.to(device), self.rev.to(device),
-                         self.num_nodes)
+        return EdgeIndex(
+            self.src.to(device), self.dst.to(device), self.rev.to(device), self.num_nodes
+        )
 
 
 def tree_slices(num_trees: int) -> list[slice]:
@@ -174,49 +178,64 @@ def _as_trees(trees: nx.Graph | Sequence[nx.Graph]) -> tuple[nx.Graph, ...]:
         raise ConfigError("RelaySum needs at least one tree; pass e.g. topology.binary_tree(n)")
     sizes = {t.number_of_nodes() for t in out}
     if len(sizes) != 1:
-        raise ConfigError(f"all trees must span the same workers, got sizes {sorted(sizes)}; "
-                          "build them with the same n")
+        raise ConfigError(
+            f"all trees must span the same workers, got sizes {sorted(sizes)}; "
+            "build them with the same n"
+        )
     return out
 
 
 def _check_mode(normalization: str, fill: str, initial: Tensor | None) -> None:
     if normalization not in NORMALIZATIONS:
-        raise ConfigError(f"unknown normalization {normalization!r}; "
-                          f"use one of {', '.join(NORMALIZATIONS)}")
+        raise ConfigError(
+            f"unknown normalization {normalization!r}; use one of {', '.join(NORMALIZATIONS)}"
+        )
     if fill not in FILLS:
         raise ConfigError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
     if normalization == "world_size" and initial is None:
-        raise ConfigError("normalization='world_size' needs the initial model: pass "
-                          "initial=x0 (Tensor[d]), or use normalization='counts'")
+        raise ConfigError(
+            "normalization='world_size' needs the initial model: pass "
+            "initial=x0 (Tensor[d]), or use normalization='counts'"
+        )
 
 
 # --------------------------------------------------------------------------------------
 # Stacked view: every worker at once
 # --------------------------------------------------------------------------------------
 class _TreeRelay:
-    """State of one tree's relay on stacked tensors (messages on every directed edge)."""
+    """State of one tree's relay on stacked tensors (messages on every directed edge).
+
+    What a worker receives at step t is its inbox at step t+1, so it is kept rather than
+    summed again: per step one gather over edges, one scatter-add, and elementwise ops.
+    """
 
     def __init__(self, edges: EdgeIndex) -> None:
         self.edges = edges
         self.m: Tensor | None = None  # [e, d_k], messages sent at step t-1
         self.c: Tensor | None = None  # [e]
+        self.inbox: Tensor | None = None  # [n, d_k], sum of the messages received at t-1
+        self.c_inbox: Tensor | None = None  # [n]
 
     def step(self, v: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
         E, n = self.edges, self.edges.num_nodes
         if self.m is None:  # m^(-1) = 0, c^(-1) = 0 (section 1.4, first step)
             self.m = v.new_zeros(len(E.src), v.shape[1])  # [e, d_k]
             self.c = v.new_zeros(len(E.src))  # [e]
-        inbox = v.new_zeros(n, v.shape[1]).index_add_(0, E.dst, self.m)  # [n, d_k]
-        c_inbox = v.new_zeros(n).index_add_(0, E.dst, self.c)  # [n]
-        m, c = outgoing(v[E.src], inbox[E.src], self.m[E.rev],
-                        c_inbox[E.src], self.c[E.rev])  # [e, d_k], [e]
+            self.inbox, self.c_inbox = v.new_zeros(n, v.shape[1]), v.new_zeros(n)
+        m, c = outgoing(
+            v.index_select(0, E.src),
+            self.inbox.index_select(0, E.src),
+            self.m.index_select(0, E.rev),
+            self.c_inbox.index_select(0, E.src),
+            self.c.index_select(0, E.rev),
+        )  # [e, d_k], [e]
         if keep is not None:  # simulated drop (section 1.4): discarded and not relayed on
             m = m * keep.unsqueeze(-1).to(m.dtype)
             c = c * keep.to(c.dtype)
         self.m, self.c = m, c
-        received = v.new_zeros(n, v.shape[1]).index_add_(0, E.dst, m)  # [n, d_k]
-        c_received = v.new_zeros(n).index_add_(0, E.dst, c)  # [n]
-        return combine(v, received, c_received)
+        self.inbox = v.new_zeros(n, v.shape[1]).index_add_(0, E.dst, m)  # [n, d_k]
+        self.c_inbox = v.new_zeros(n).index_add_(0, E.dst, c)  # [n]
+        return combine(v, self.inbox, self.c_inbox)
 
 
 class RelaySum:
@@ -254,10 +273,15 @@ class RelaySum:
     least float32 (:func:`message_dtype`).
     """
 
-    def __init__(self, trees: nx.Graph | Sequence[nx.Graph], *,
-                 normalization: Normalization = "world_size",
-                 initial: Tensor | None = None, fill: Fill = "initial",
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        trees: nx.Graph | Sequence[nx.Graph],
+        *,
+        normalization: Normalization = "world_size",
+        initial: Tensor | None = None,
+        fill: Fill = "initial",
+        device: torch.device | str | None = None,
+    ) -> None:
         self.trees = _as_trees(trees)
         _check_mode(normalization, fill, initial)
         self.normalization = normalization
@@ -272,8 +296,9 @@ class RelaySum:
     def edge_indices(self) -> list[EdgeIndex]:
         return [r.edges for r in self._relays]
 
-    def step(self, values: Tensor, *, keep: Sequence[Tensor | None] | Tensor | None = None
-             ) -> Tensor:
+    def step(
+        self, values: Tensor, *, keep: Sequence[Tensor | None] | Tensor | None = None
+    ) -> Tensor:
         """Advance one synchronous step and return every worker's average.
 
         Parameters
@@ -290,8 +315,9 @@ class RelaySum:
         """
         n = self.num_nodes
         if values.dim() != 2 or values.shape[0] != n:
-            raise ConfigError(f"RelaySum.step expects values of shape [n={n}, d], "
-                              f"got {tuple(values.shape)}")
+            raise ConfigError(
+                f"RelaySum.step expects values of shape [n={n}, d], got {tuple(values.shape)}"
+            )
         v = values.to(message_dtype(values.dtype))  # [n, d]; never downcast
         keeps = list(keep) if isinstance(keep, (list, tuple)) else [keep] * len(self._relays)
         if len(self._relays) > 1 and isinstance(keep, Tensor):
@@ -349,9 +375,15 @@ class RelayNode:
         The shared ``x0`` (required for ``world_size``).
     """
 
-    def __init__(self, tree: nx.Graph, node: int, *,
-                 normalization: Normalization = "world_size",
-                 initial: Tensor | None = None, fill: Fill = "initial") -> None:
+    def __init__(
+        self,
+        tree: nx.Graph,
+        node: int,
+        *,
+        normalization: Normalization = "world_size",
+        initial: Tensor | None = None,
+        fill: Fill = "initial",
+    ) -> None:
         tree = _topology.require_tree(tree)
         _check_mode(normalization, fill, initial)
         if node not in tree:
@@ -469,9 +501,11 @@ def pack(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) -> tuple[
     local = tuple(k for k, t in items if not t.dtype.is_floating_point)
     if local and local not in _warned_local:
         _warned_local.add(local)
-        warnings.warn(f"relayfl: {len(local)} non-floating tensors are kept local and never "
-                      f"relayed: {', '.join(local[:4])}{' ...' if len(local) > 4 else ''}",
-                      stacklevel=2)
+        warnings.warn(
+            f"relayfl: {len(local)} non-floating tensors are kept local and never "
+            f"relayed: {', '.join(local[:4])}{' ...' if len(local) > 4 else ''}",
+            stacklevel=2,
+        )
     dtype = torch.float32
     for _, t in relayed:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -479,19 +513,34 @@ def pack(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) -> tuple[
     for _, t in relayed:
         offsets.append(off)
         off += t.numel()
-    flat = (torch.cat([t.detach().reshape(-1).to(dtype) for _, t in relayed])
-            if relayed else torch.zeros(0, dtype=dtype))
-    layout = Layout(tuple(k for k, _ in relayed), tuple(tuple(t.shape) for _, t in relayed),
-                    tuple(t.dtype for _, t in relayed), tuple(offsets), local, off)
+    flat = (
+        torch.cat([t.detach().reshape(-1).to(dtype) for _, t in relayed])
+        if relayed
+        else torch.zeros(0, dtype=dtype)
+    )
+    layout = Layout(
+        tuple(k for k, _ in relayed),
+        tuple(tuple(t.shape) for _, t in relayed),
+        tuple(t.dtype for _, t in relayed),
+        tuple(offsets),
+        local,
+        off,
+    )
     return flat, layout
 
 
 def unpack(flat: Tensor, layout: Layout) -> dict[str, Tensor]:
     """Inverse of :func:`pack` for the relayed tensors (each back in its own dtype)."""
     if flat.shape[-1] != layout.numel:
-        raise ConfigError(f"flat vector has {flat.shape[-1]} entries, layout expects "
-                          f"{layout.numel}; pack and unpack the same model")
-    return {name: flat[..., off:off + int(np.prod(shape, dtype=np.int64))]
-            .reshape(*flat.shape[:-1], *shape).to(dt)
-            for name, shape, dt, off in zip(layout.names, layout.shapes, layout.dtypes,
-                                            layout.offsets, strict=True)}
+        raise ConfigError(
+            f"flat vector has {flat.shape[-1]} entries, layout expects "
+            f"{layout.numel}; pack and unpack the same model"
+        )
+    return {
+        name: flat[..., off : off + int(np.prod(shape, dtype=np.int64))]
+        .reshape(*flat.shape[:-1], *shape)
+        .to(dt)
+        for name, shape, dt, off in zip(
+            layout.names, layout.shapes, layout.dtypes, layout.offsets, strict=True
+        )
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,10 @@ class RunResult:
     engine: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
+    #: Final flat parameters of every worker, Tensor[n, d] (in memory only, not saved).
+    models: Any = field(default=None, repr=False, compare=False)
+    #: ``relay.Layout`` of the flat vector, to unpack ``models`` into named tensors.
+    layout: Any = field(default=None, repr=False, compare=False)
 
     @property
     def final(self) -> EvalRecord:
@@ -131,11 +135,27 @@ class RunResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready dict of everything but the in-memory ``models`` and ``layout``."""
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("models", "layout")
+        }
+        out["evaluations"] = [asdict(e) for e in self.evaluations]
+        return out
+
+    def state_dict(self, worker: int) -> dict[str, Any]:
+        """Worker ``worker``'s final parameters as named tensors (``model.load_state_dict``
+        with ``strict=False`` takes them)."""
+        from relayfl.relay import unpack
+
+        if self.models is None or self.layout is None:
+            raise ValueError("this result holds no models (results loaded from disk do not)")
+        return unpack(self.models[worker], self.layout)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k not in ("models", "layout")}
         data["evaluations"] = [EvalRecord(**e) for e in data.get("evaluations", [])]
         return cls(**data)
 
@@ -159,8 +179,9 @@ class RunResult:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v
-                                 for k, v in row.items()})
+                writer.writerow(
+                    {k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+                )
 
     @classmethod
     def load(cls, path: str | Path) -> RunResult:

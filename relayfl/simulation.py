@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from relayfl import partition, rng, topology
-from relayfl.algorithms import Mixer, Relay, make_mixer
+from relayfl.algorithms import Mixer, make_mixer
 from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, make_engine
 from relayfl.errors import ConfigError, PartitionError
@@ -37,12 +37,15 @@ def make_partitions(task: Task, config: RunConfig) -> list[np.ndarray]:
     """The data split every algorithm sees for this task, client count, alpha and seed."""
     labels = task.partition_labels
     if config.num_clients > len(labels):
-        raise PartitionError(f"cannot split {len(labels)} training samples over "
-                             f"{config.num_clients} clients; use at most {len(labels)} clients")
+        raise PartitionError(
+            f"cannot split {len(labels)} training samples over "
+            f"{config.num_clients} clients; use at most {len(labels)} clients"
+        )
     if config.iid:
         return partition.iid(len(labels), config.num_clients, seed=config.seed)
-    return partition.dirichlet(labels, config.num_clients, config.alpha, seed=config.seed,
-                               even_split=config.even_split)
+    return partition.dirichlet(
+        labels, config.num_clients, config.alpha, seed=config.seed, even_split=config.even_split
+    )
 
 
 @dataclass
@@ -77,7 +80,7 @@ class ClientData:
             cached = self._perm[client] = (epoch, perm)
         perm = cached[1]
         if size >= B:
-            return perm[k * B:(k + 1) * B]
+            return perm[k * B : (k + 1) * B]
         return perm.repeat(math.ceil(B / size))[:B]
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
@@ -85,8 +88,12 @@ class ClientData:
         idx = torch.stack([self.indices(i, step) for i in range(len(self.parts))])  # [n, B]
         xb, yb = self.x[idx], self.y[idx]  # [n, B, ...], [n, B]
         if self.augment is not None:
-            xb = torch.stack([self.augment(xb[i], rng.generator(self.seed, i, step, "augment"))
-                              for i in range(len(self.parts))])
+            xb = torch.stack(
+                [
+                    self.augment(xb[i], rng.generator(self.seed, i, step, "augment"))
+                    for i in range(len(self.parts))
+                ]
+            )
         return xb, yb
 
 
@@ -110,8 +117,12 @@ def _drop_masks(mixer: Mixer, n: int, p: float, seed: int, step: int) -> list[Te
     return [m.to(device) for m in keep]
 
 
-def simulate(task: Task | RunConfig | None = None, config: RunConfig | None = None, *,
-             progress: Progress | None = None) -> RunResult:
+def simulate(
+    task: Task | RunConfig | None = None,
+    config: RunConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> RunResult:
     """Run one decentralized training simulation.
 
     Parameters
@@ -137,36 +148,57 @@ def simulate(task: Task | RunConfig | None = None, config: RunConfig | None = No
         task, config = None, task
     config = config or RunConfig()
     if task is None:
-        task = builtin(config.dataset, root=config.data_root, model=config.model,
-                       limit_test=config.eval_limit, dropout=config.dropout)
+        task = builtin(
+            config.dataset,
+            root=config.data_root,
+            model=config.model,
+            limit_test=config.eval_limit,
+            dropout=config.dropout,
+        )
     started = time.perf_counter()
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {config.device!r} requested but CUDA is not available; "
-                          "use --device cpu")
+        raise ConfigError(
+            f"device {config.device!r} requested but CUDA is not available; use --device cpu"
+        )
     n = config.num_clients
 
-    graphs = topology.build(config.topology_name, n, root=config.root,
-                            spanning=config.spanning_tree)
+    graphs = topology.build(
+        config.topology_name, n, root=config.root, spanning=config.spanning_tree
+    )
     parts = make_partitions(task, config)
 
     fm = FunctionalModel(task.init_model(config.seed), task.loss_fn).to(device)
     x = fm.x0.unsqueeze(0).repeat(n, 1)  # [n, d]
-    data = ClientData(task.x_train.to(device), task.y_train.to(device),
-                      [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
-                      config.batch_size, config.seed, task.augment)
+    data = ClientData(
+        task.x_train.to(device),
+        task.y_train.to(device),
+        [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
+        config.batch_size,
+        config.seed,
+        task.augment,
+    )
     x_test = task.x_test[: config.eval_limit].to(device)
     y_test = task.y_test[: config.eval_limit].to(device)
     sample_inputs, _ = data.batch(0)
     engine = make_engine(fm, config.engine, sample_inputs[0])  # type: ignore[arg-type]
     shapes = fm.dropout_shapes(sample_inputs[0])
 
-    mixer = make_mixer(config.algorithm, graphs, fm.x0, fill=config.fill,  # type: ignore[arg-type]
-                       normalization=config.normalization)
-    optimizer = make_optimizer(config.optimizer, momentum=config.momentum,
-                               weight_decay=config.weight_decay, nesterov=config.nesterov)
+    mixer = make_mixer(
+        config.algorithm,
+        graphs,
+        fm.x0,
+        fill=config.fill,  # type: ignore[arg-type]
+        normalization=config.normalization,
+    )
+    optimizer = make_optimizer(
+        config.optimizer,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
     correction = 1.0
-    if config.lr_correction and isinstance(mixer, Relay):
+    if config.lr_correction and config.algorithm == "relaysgd":
         correction = float(np.mean([topology.delay_correction(g) for g in graphs]))
     base_lr = config.lr * correction
     steps_per_epoch = float(np.mean([len(p) for p in parts])) / config.batch_size
@@ -182,34 +214,56 @@ def simulate(task: Task | RunConfig | None = None, config: RunConfig | None = No
         acc_l, loss_l = acc.tolist(), loss.tolist()
         consensus = float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
         record = EvalRecord(
-            step=step, round=rounds, epoch=step / steps_per_epoch, lr=lr,
-            mean_accuracy=float(np.mean(acc_l)), worst_accuracy=float(min(acc_l)),
-            best_accuracy=float(max(acc_l)), mean_loss=float(np.mean(loss_l)),
-            worst_loss=float(max(loss_l)), train_loss=train_loss,
-            consensus_distance=consensus, accuracies=acc_l, losses=loss_l,
-            bytes_sent=sent.tolist(), bytes_received=sent.tolist(),
-            wall_s=time.perf_counter() - started)
+            step=step,
+            round=rounds,
+            epoch=step / steps_per_epoch,
+            lr=lr,
+            mean_accuracy=float(np.mean(acc_l)),
+            worst_accuracy=float(min(acc_l)),
+            best_accuracy=float(max(acc_l)),
+            mean_loss=float(np.mean(loss_l)),
+            worst_loss=float(max(loss_l)),
+            train_loss=train_loss,
+            consensus_distance=consensus,
+            accuracies=acc_l,
+            losses=loss_l,
+            bytes_sent=sent.tolist(),
+            bytes_received=sent.tolist(),
+            wall_s=time.perf_counter() - started,
+        )
         evaluations.append(record)
         return record
 
     rounds = 0
+    if config.eval_every:
+        evaluate(0, 0)
     for step in range(config.steps):
-        lr = learning_rate(step, base=base_lr, steps_per_epoch=steps_per_epoch,
-                           total_steps=config.steps, warmup_epochs=config.warmup_epochs,
-                           milestones=config.milestones, world_size=n,
-                           enabled=config.schedule)
+        lr = learning_rate(
+            step,
+            base=base_lr,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=config.steps,
+            warmup_epochs=config.warmup_epochs,
+            milestones=config.milestones,
+            world_size=n,
+            enabled=config.schedule,
+        )
         xb, yb = data.batch(step)
         masks = None
         if shapes:
-            per = [fm.dropout_masks(shapes, rng.generator(config.seed, i, step, "dropout"),
-                                    device) for i in range(n)]
+            per = [
+                fm.dropout_masks(shapes, rng.generator(config.seed, i, step, "dropout"), device)
+                for i in range(n)
+            ]
             masks = {k: torch.stack([m[k] for m in per]) for k in shapes}  # [n, B, ...]
         g, losses = engine.grads(x, xb, yb, masks)  # [n, d], [n]
         x = x + optimizer.update(x, g, lr)  # [n, d]: x^(t+1/2)
         train_loss = float(losses.mean())
         if not math.isfinite(train_loss):
-            raise ConfigError(f"training diverged at step {step} (loss {train_loss}) with "
-                              f"lr {lr:g}; lower --lr or turn off --lr-correction")
+            raise ConfigError(
+                f"training diverged at step {step} (loss {train_loss}) with "
+                f"lr {lr:g}; lower --lr or turn off --lr-correction"
+            )
         if (step + 1) % config.local_steps == 0:
             keep = _drop_masks(mixer, n, config.drop_probability, config.seed, step)
             x = mixer.mix(x_start, x, keep)  # [n, d]
@@ -225,13 +279,27 @@ def simulate(task: Task | RunConfig | None = None, config: RunConfig | None = No
 
     summary = [topology.describe(g) for g in graphs]
     return RunResult(
-        config=config.to_dict(), evaluations=evaluations,
-        topology={"name": config.topology_name, "graphs": summary,
-                  "lr_correction_factor": correction},
-        versions=library_versions(), wall_s=time.perf_counter() - started,
+        config=config.to_dict(),
+        evaluations=evaluations,
+        topology={
+            "name": config.topology_name,
+            "graphs": summary,
+            "lr_correction_factor": correction,
+        },
+        versions=library_versions(),
+        wall_s=time.perf_counter() - started,
         engine=engine.name,
-        task={"name": task.name, "parameters": fm.numel, "train_samples": len(task.x_train),
-              "test_samples": len(x_test), "partition_sizes": [len(p) for p in parts],
-              "partition_counts": partition.count_matrix(
-                  task.partition_labels, parts, task.num_classes).tolist(),
-              **task.info})
+        models=x.detach(),
+        layout=fm.layout,
+        task={
+            "name": task.name,
+            "parameters": fm.numel,
+            "train_samples": len(task.x_train),
+            "test_samples": len(x_test),
+            "partition_sizes": [len(p) for p in parts],
+            "partition_counts": partition.count_matrix(
+                task.partition_labels, parts, task.num_classes
+            ).tolist(),
+            **task.info,
+        },
+    )

@@ -24,8 +24,12 @@ __all__ = ["DATASETS", "Task", "builtin"]
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10")
 
 #: Default model per dataset.
-DEFAULT_MODELS: dict[str, str] = {"digits": "small-cnn", "fashion-mnist": "small-cnn",
-                                  "mnist": "small-cnn", "cifar10": "vgg11"}
+DEFAULT_MODELS: dict[str, str] = {
+    "digits": "small-cnn",
+    "fashion-mnist": "small-cnn",
+    "mnist": "small-cnn",
+    "cifar10": "vgg11",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,11 +76,15 @@ class Task:
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train):
-            raise ConfigError(f"task {self.name!r}: x_train has {len(self.x_train)} rows but "
-                              f"y_train has {len(self.y_train)}; pass matching tensors")
+            raise ConfigError(
+                f"task {self.name!r}: x_train has {len(self.x_train)} rows but "
+                f"y_train has {len(self.y_train)}; pass matching tensors"
+            )
         if len(self.x_test) != len(self.y_test):
-            raise ConfigError(f"task {self.name!r}: x_test has {len(self.x_test)} rows but "
-                              f"y_test has {len(self.y_test)}; pass matching tensors")
+            raise ConfigError(
+                f"task {self.name!r}: x_test has {len(self.x_test)} rows but "
+                f"y_test has {len(self.y_test)}; pass matching tensors"
+            )
         if len(self.x_train) == 0:
             raise ConfigError(f"task {self.name!r} has no training samples")
         if self.num_classes is None:
@@ -107,19 +115,28 @@ def _flip_crop(pad: int) -> Callable[[Tensor, torch.Generator], Tensor]:
         dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen, device=dev)
         dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen, device=dev)
         padded = F.pad(x, (pad, pad, pad, pad))  # [B, C, H+2p, W+2p]
-        rows = (dy.to(x.device)[:, None] + torch.arange(H, device=x.device))  # [B, H]
-        cols = (dx.to(x.device)[:, None] + torch.arange(W, device=x.device))  # [B, W]
-        out = padded[torch.arange(B, device=x.device)[:, None, None, None],
-                     torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-                     rows[:, None, :, None], cols[:, None, None, :]]  # [B, C, H, W]
+        rows = dy.to(x.device)[:, None] + torch.arange(H, device=x.device)  # [B, H]
+        cols = dx.to(x.device)[:, None] + torch.arange(W, device=x.device)  # [B, W]
+        out = padded[
+            torch.arange(B, device=x.device)[:, None, None, None],
+            torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]  # [B, C, H, W]
         return torch.where(flips.to(x.device)[:, None, None, None], out.flip(-1), out)
 
     return augment
 
 
-def builtin(name: str, *, root: str | Path | None = None, model: str | None = None,
-            limit_train: int | None = None, limit_test: int | None = None,
-            dropout: float = 0.0) -> Task:
+def builtin(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    model: str | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    dropout: float = 0.0,
+) -> Task:
     """A built-in dataset as a :class:`Task`.
 
     Parameters
@@ -137,8 +154,10 @@ def builtin(name: str, *, root: str | Path | None = None, model: str | None = No
     from relayfl import data, models
 
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}, "
-                          "or build a relayfl.Task from your own tensors")
+        raise ConfigError(
+            f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}, "
+            "or build a relayfl.Task from your own tensors"
+        )
     kwargs: dict = {}
     if name != "digits":
         kwargs = {"limit_train": limit_train, "limit_test": limit_test}
@@ -159,9 +178,19 @@ def builtin(name: str, *, root: str | Path | None = None, model: str | None = No
     def model_fn() -> nn.Module:
         if model_name == "small-cnn":
             return models.SmallCNN(channels, num_classes, size, dropout=dropout)
-        return models.build(model_name, in_channels=channels, num_classes=num_classes,
-                            image_size=size)
+        return models.build(
+            model_name, in_channels=channels, num_classes=num_classes, image_size=size
+        )
 
     augment = _flip_crop(4) if name == "cifar10" else None
-    return Task(name, model_fn, x_train, y_train, x_test, y_test, num_classes=num_classes,
-                augment=augment, info={"model": model_name, "dataset": name})
+    return Task(
+        name,
+        model_fn,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        num_classes=num_classes,
+        augment=augment,
+        info={"model": model_name, "dataset": name},
+    )

@@ -20,8 +20,9 @@ TREES = {
 
 
 def _values(steps: int, n: int, d: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(steps, n, d, generator=torch.Generator().manual_seed(seed),
-                       dtype=torch.float64)
+    return torch.randn(
+        steps, n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("make", TREES.values(), ids=TREES.keys())
@@ -45,10 +46,11 @@ def test_ball_counts_and_sums_match_closed_form(make) -> None:
         torch.testing.assert_close(S, expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize(("make", "rounds"), [(TREES["chain-16"], 15),
-                                              (TREES["binary-tree-16"], 6),
-                                              (TREES["star-16"], 2)],
-                         ids=["chain-16", "binary-tree-16", "star-16"])
+@pytest.mark.parametrize(
+    ("make", "rounds"),
+    [(TREES["chain-16"], 15), (TREES["binary-tree-16"], 6), (TREES["star-16"], 2)],
+    ids=["chain-16", "binary-tree-16", "star-16"],
+)
 def test_exact_average_from_round_diameter_on(make, rounds: int) -> None:
     """I5: constant inputs are averaged exactly from round D on (step D-1), not before."""
     tree = make()
@@ -76,31 +78,41 @@ def test_world_size_fill_matches_delayed_closed_form(make, fill: str) -> None:
     D = topology.diameter(tree)
     for t in range(T):
         out = rs.step(vs[t])
-        expected = torch.stack([
-            sum((vs[t - delta[i, k], k] if t - delta[i, k] >= 0 else x0) for k in range(n)) / n
-            for i in range(n)])
+        expected = torch.stack(
+            [
+                sum((vs[t - delta[i, k], k] if t - delta[i, k] >= 0 else x0) for k in range(n)) / n
+                for i in range(n)
+            ]
+        )
         if fill == "initial" or t >= D - 1:
             torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize(("make", "value"), [(TREES["chain-16"], 0.18605),
-                                             (TREES["binary-tree-16"], 0.30118),
-                                             (TREES["star-16"], 1 / 1.8203),
-                                             (lambda: topology.chain(2), 1.0)],
-                         ids=["chain-16", "binary-tree-16", "star-16", "n2"])
+@pytest.mark.parametrize(
+    ("make", "value"),
+    [
+        (TREES["chain-16"], 0.18605),
+        (TREES["binary-tree-16"], 0.30118),
+        (TREES["star-16"], 1 / 1.8203),
+        (lambda: topology.chain(2), 1.0),
+    ],
+    ids=["chain-16", "binary-tree-16", "star-16", "n2"],
+)
 def test_unit_update_converges_to_one_over_one_plus_mean_delay(make, value: float) -> None:
     """I8: one +1 update on every worker ends at consensus 1/(1 + mean delay)."""
     tree = make()
     n = tree.number_of_nodes()
     assert 1 / topology.delay_correction(tree) == pytest.approx(value, abs=1e-4)
-    rs = relay.RelaySum(tree, normalization="world_size", initial=torch.zeros(1,
-                                                                             dtype=torch.float64))
+    rs = relay.RelaySum(
+        tree, normalization="world_size", initial=torch.zeros(1, dtype=torch.float64)
+    )
     x = torch.zeros(n, 1, dtype=torch.float64)
     x = rs.step(x + 1)  # the one update, then pure communication
     for _ in range(3000):
         x = rs.step(x)
-    torch.testing.assert_close(x, torch.full_like(x, 1 / topology.delay_correction(tree)),
-                               rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        x, torch.full_like(x, 1 / topology.delay_correction(tree)), rtol=0, atol=1e-9
+    )
     assert float(x[0]) == pytest.approx(value, abs=5e-5)
 
 
@@ -154,8 +166,10 @@ def test_one_node_view_equals_stacked_relay(make, fill: str, normalization: str)
     x0 = torch.randn(d, dtype=torch.float64)
     init = x0 if normalization == "world_size" else None
     rs = relay.RelaySum(tree, normalization=normalization, initial=init, fill=fill)
-    nodes = [relay.RelayNode(tree, i, normalization=normalization, initial=init, fill=fill)
-             for i in range(n)]
+    nodes = [
+        relay.RelayNode(tree, i, normalization=normalization, initial=init, fill=fill)
+        for i in range(n)
+    ]
     edges = rs.edge_indices[0]
     gen = torch.Generator().manual_seed(5)
     vs = _values(T, n, d, seed=2)
@@ -203,10 +217,15 @@ def test_double_trees_interleave_even_and_odd_indices() -> None:
     assert torch.equal(both[:, 1::2], odd)
 
 
-@pytest.mark.parametrize(("dtype", "expected"), [(torch.float16, torch.float32),
-                                                 (torch.bfloat16, torch.float32),
-                                                 (torch.float32, torch.float32),
-                                                 (torch.float64, torch.float64)])
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+    ],
+)
 def test_sums_are_never_downcast(dtype: torch.dtype, expected: torch.dtype) -> None:
     """Relay sums are at least float32; float64 stays float64."""
     rs = relay.RelaySum(topology.chain(3), normalization="counts")
