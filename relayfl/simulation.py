@@ -27,7 +27,14 @@ from relayfl.optim import learning_rate, make_optimizer
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task, builtin
 
-__all__ = ["ClientData", "Progress", "make_partitions", "simulate"]
+__all__ = [
+    "ClientData",
+    "Progress",
+    "dropout_masks",
+    "lr_schedule",
+    "make_partitions",
+    "simulate",
+]
 
 #: Called after every step with (step, total_steps, latest evaluation or None).
 Progress = Callable[[int, int, EvalRecord | None], None]
@@ -83,6 +90,14 @@ class ClientData:
             return perm[k * B : (k + 1) * B]
         return perm.repeat(math.ceil(B / size))[:B]
 
+    def client_batch(self, client: int, step: int) -> tuple[Tensor, Tensor]:
+        """One worker's batch at ``step``: Tensor[B, ...] inputs, Tensor[B] targets."""
+        idx = self.indices(client, step)
+        xb, yb = self.x[idx], self.y[idx]
+        if self.augment is not None:
+            xb = self.augment(xb, rng.generator(self.seed, client, step, "augment"))
+        return xb, yb
+
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Every worker's batch: Tensor[n, B, ...] inputs and Tensor[n, B] targets."""
         idx = torch.stack([self.indices(i, step) for i in range(len(self.parts))])  # [n, B]
@@ -95,6 +110,53 @@ class ClientData:
                 ]
             )
         return xb, yb
+
+
+def dropout_masks(
+    fm: FunctionalModel,
+    shapes: dict[str, tuple[int, ...]],
+    seed: int,
+    clients: range | list[int],
+    step: int,
+    device: torch.device | str,
+) -> dict[str, Tensor] | None:
+    """Dropout masks of ``clients`` at ``step``, each from generator (seed, client, step),
+    stacked to Tensor[len(clients), B, ...]; None for a model without dropout."""
+    if not shapes:
+        return None
+    per = [
+        fm.dropout_masks(shapes, rng.generator(seed, i, step, "dropout"), device) for i in clients
+    ]
+    return {k: torch.stack([m[k] for m in per]) for k in shapes}
+
+
+def lr_schedule(
+    config: RunConfig, parts: list[np.ndarray], graphs: tuple
+) -> tuple[Callable[[int], float], float, float]:
+    """The learning rate per step for this run (ALGORITHM.md 1.8).
+
+    Returns ``(lr_at, correction, steps_per_epoch)``: the epoch is a worker's mean
+    partition size over the batch size; ``correction`` is ``1 + mean delay`` for
+    ``relaysgd`` with ``lr_correction`` (mean over trees), else 1.
+    """
+    correction = 1.0
+    if config.lr_correction and config.algorithm == "relaysgd":
+        correction = float(np.mean([topology.delay_correction(g) for g in graphs]))
+    steps_per_epoch = float(np.mean([len(p) for p in parts])) / config.batch_size
+
+    def lr_at(step: int) -> float:
+        return learning_rate(
+            step,
+            base=config.lr * correction,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=config.steps,
+            warmup_epochs=config.warmup_epochs,
+            milestones=config.milestones,
+            world_size=config.num_clients,
+            enabled=config.schedule,
+        )
+
+    return lr_at, correction, steps_per_epoch
 
 
 def _drop_masks(mixer: Mixer, n: int, p: float, seed: int, step: int) -> list[Tensor] | None:
@@ -197,11 +259,7 @@ def simulate(
         weight_decay=config.weight_decay,
         nesterov=config.nesterov,
     )
-    correction = 1.0
-    if config.lr_correction and config.algorithm == "relaysgd":
-        correction = float(np.mean([topology.delay_correction(g) for g in graphs]))
-    base_lr = config.lr * correction
-    steps_per_epoch = float(np.mean([len(p) for p in parts])) / config.batch_size
+    lr_at, correction, steps_per_epoch = lr_schedule(config, parts, graphs)
     per_round = mixer.bytes_per_round(fm.numel, fm.x0.dtype)  # [n]
     sent = torch.zeros(n, dtype=torch.int64)
 
@@ -238,24 +296,9 @@ def simulate(
     if config.eval_every:
         evaluate(0, 0)
     for step in range(config.steps):
-        lr = learning_rate(
-            step,
-            base=base_lr,
-            steps_per_epoch=steps_per_epoch,
-            total_steps=config.steps,
-            warmup_epochs=config.warmup_epochs,
-            milestones=config.milestones,
-            world_size=n,
-            enabled=config.schedule,
-        )
+        lr = lr_at(step)
         xb, yb = data.batch(step)
-        masks = None
-        if shapes:
-            per = [
-                fm.dropout_masks(shapes, rng.generator(config.seed, i, step, "dropout"), device)
-                for i in range(n)
-            ]
-            masks = {k: torch.stack([m[k] for m in per]) for k in shapes}  # [n, B, ...]
+        masks = dropout_masks(fm, shapes, config.seed, range(n), step, device)  # [n, B, ...]
         g, losses = engine.grads(x, xb, yb, masks)  # [n, d], [n]
         x = x + optimizer.update(x, g, lr)  # [n, d]: x^(t+1/2)
         train_loss = float(losses.mean())

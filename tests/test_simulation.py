@@ -159,6 +159,7 @@ def test_drops_with_latest_fill_keep_training(digits: Task) -> None:
 def test_batchnorm_with_running_stats_is_refused_with_the_fix() -> None:
     """BatchNorm running statistics are refused with GroupNorm suggested."""
     x, y = torch.randn(64, 3, 4, 4), torch.randint(0, 2, (64,))
+
     def model():
         return nn.Sequential(
             nn.Conv2d(3, 4, 3),
@@ -166,6 +167,7 @@ def test_batchnorm_with_running_stats_is_refused_with_the_fix() -> None:
             nn.Flatten(),
             nn.Linear(16, 2),
         )
+
     task = Task("bn", model, x, y, x, y)
     with pytest.raises(ConfigError, match="GroupNorm"):
         simulate(task, RunConfig(num_clients=2, steps=1, alpha=1.0))
