@@ -2,11 +2,12 @@
 
 All workers' parameters live in one flat ``Tensor[n, d]`` (one row per worker, the
 relayed vector). A :class:`FunctionalModel` turns the user's ``nn.Module`` into a pure
-function of one row, in the style of ``torch.func``. Two engines compute with it:
+function of one row, in the style of ``torch.func``. Three engines compute with it:
 
 * :class:`LoopEngine` calls it worker after worker (the reference, and the fallback);
-* :class:`BatchedEngine` runs one ``torch.func.vmap`` over the worker dimension, so a
-  single forward/backward serves every worker.
+* :class:`VmapEngine` runs one ``torch.func.vmap`` over the worker dimension (any model);
+* :class:`BatchedEngine` runs all workers as one network with workers as channel groups
+  (:mod:`relayfl.grouped`), the fastest layout for the models it covers.
 
 Randomness (dropout masks) is an explicit input drawn from each worker's keyed
 generator (:mod:`relayfl.rng`), so both engines give the same models.
@@ -24,11 +25,19 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from relayfl.errors import ConfigError
+from relayfl.grouped import GroupedForward
 from relayfl.relay import pack
 
-__all__ = ["BatchedEngine", "Engine", "FunctionalModel", "LoopEngine", "make_engine"]
+__all__ = [
+    "BatchedEngine",
+    "Engine",
+    "FunctionalModel",
+    "LoopEngine",
+    "VmapEngine",
+    "make_engine",
+]
 
-EngineName = Literal["auto", "batched", "loop"]
+EngineName = Literal["auto", "batched", "vmap", "loop"]
 
 
 class _KeyedDropout(nn.Module):
@@ -159,12 +168,26 @@ class FunctionalModel:
 
 
 class Engine:
-    """Gradients and evaluation for stacked models ``x`` [n, d]; see the subclasses."""
+    """Gradients and evaluation for stacked models ``x`` [n, d]; see the subclasses.
+
+    Parameters
+    ----------
+    fm : FunctionalModel
+    autocast : torch.dtype, optional
+        Mixed precision for the forward/backward (e.g. ``torch.bfloat16``); parameters,
+        optimizer state and relay sums stay in their own (fp32) dtype.
+    """
 
     name = "engine"
 
-    def __init__(self, fm: FunctionalModel) -> None:
+    def __init__(self, fm: FunctionalModel, *, autocast: torch.dtype | None = None) -> None:
         self.fm = fm
+        self.autocast = autocast
+
+    def _amp(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(
+            device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None
+        )
 
     def grads(
         self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
@@ -215,8 +238,8 @@ class LoopEngine(Engine):
 
     name = "loop"
 
-    def __init__(self, fm: FunctionalModel) -> None:
-        super().__init__(fm)
+    def __init__(self, fm: FunctionalModel, *, autocast: torch.dtype | None = None) -> None:
+        super().__init__(fm, autocast=autocast)
         self._g = grad_and_value(fm.loss)
 
     def grads(
@@ -225,22 +248,24 @@ class LoopEngine(Engine):
         gs, losses = [], []
         for i in range(x.shape[0]):
             mi = None if masks is None else {k: v[i] for k, v in masks.items()}
-            g, loss = self._g(x[i], inputs[i], targets[i], mi)
+            with self._amp(x.device):
+                g, loss = self._g(x[i], inputs[i], targets[i], mi)
             gs.append(g)
             losses.append(loss.detach())
         return torch.stack(gs), torch.stack(losses)  # [n, d], [n]
 
     def _logits_all(self, x: Tensor, xb: Tensor) -> Tensor:
-        return torch.stack([self.fm.logits(xi, xb) for xi in x])
+        with self._amp(x.device):
+            return torch.stack([self.fm.logits(xi, xb) for xi in x]).float()
 
 
-class BatchedEngine(Engine):
-    """All workers in one ``torch.func.vmap`` over the worker dimension."""
+class VmapEngine(Engine):
+    """All workers in one ``torch.func.vmap`` over the worker dimension (any model)."""
 
-    name = "batched"
+    name = "vmap"
 
-    def __init__(self, fm: FunctionalModel) -> None:
-        super().__init__(fm)
+    def __init__(self, fm: FunctionalModel, *, autocast: torch.dtype | None = None) -> None:
+        super().__init__(fm, autocast=autocast)
         self._g = vmap(grad_and_value(fm.loss), in_dims=(0, 0, 0, 0))
         self._g_nomask = vmap(grad_and_value(fm.loss), in_dims=(0, 0, 0, None))
         self._fwd = vmap(fm.logits, in_dims=(0, None))
@@ -248,38 +273,110 @@ class BatchedEngine(Engine):
     def grads(
         self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor]:
-        if masks:
-            g, loss = self._g(x, inputs, targets, masks)
-        else:
-            g, loss = self._g_nomask(x, inputs, targets, None)
+        with self._amp(x.device):
+            if masks:
+                g, loss = self._g(x, inputs, targets, masks)
+            else:
+                g, loss = self._g_nomask(x, inputs, targets, None)
         return g, loss.detach()
 
     def _logits_all(self, x: Tensor, xb: Tensor) -> Tensor:
-        return self._fwd(x, xb)
+        with self._amp(x.device):
+            return self._fwd(x, xb).float()
 
 
-def make_engine(fm: FunctionalModel, name: EngineName, sample_inputs: Tensor) -> Engine:
-    """Pick an engine: ``"batched"``, ``"loop"``, or ``"auto"`` (batched when vmap works).
+class BatchedEngine(Engine):
+    """All workers as one network in the grouped layout (:mod:`relayfl.grouped`).
 
-    ``auto`` tries one batched gradient on two copies of a sample batch and falls back
-    to the loop when the model cannot be vmapped (e.g. data-dependent control flow).
+    Convolutions become one grouped convolution over ``n`` channel groups, linear layers
+    one batched matmul; the loss is vmapped over workers and one backward pass gives
+    every worker's gradient.
+
+    Raises
+    ------
+    relayfl.grouped.Unsupported
+        For models outside the grouped layout (use :class:`VmapEngine`).
     """
+
+    name = "batched"
+
+    def __init__(
+        self,
+        fm: FunctionalModel,
+        *,
+        autocast: torch.dtype | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(fm, autocast=autocast)
+        self.forward = GroupedForward(fm.model, channels_last=channels_last)
+        self._loss = vmap(fm.loss_fn)
+
+    def _params(self, x: Tensor) -> dict[str, Tensor]:
+        n = x.shape[0]
+        parts = torch.split(x, self.fm.sizes, dim=1)  # views [n, numel_k]
+        return {
+            k: p.view(n, *s)
+            for k, p, s in zip(self.fm.layout.names, parts, self.fm.layout.shapes, strict=True)
+        }
+
+    def grads(
+        self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad(), self._amp(x.device):
+            logits = self.forward(self._params(x), inputs, masks or None)  # [n, B, classes]
+            losses = self._loss(logits.float(), targets)  # [n]
+        (g,) = torch.autograd.grad(losses.sum(), x)  # [n, d]
+        return g, losses.detach()
+
+    def _logits_all(self, x: Tensor, xb: Tensor) -> Tensor:
+        with self._amp(x.device):
+            out = self.forward(self._params(x), xb.unsqueeze(0).expand(len(x), *xb.shape))
+        return out.float()
+
+
+def make_engine(
+    fm: FunctionalModel,
+    name: EngineName,
+    sample_inputs: Tensor,
+    *,
+    autocast: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Engine:
+    """Pick an engine.
+
+    ``"batched"``: the grouped layout, or ``vmap`` for models it does not cover;
+    ``"vmap"``: ``torch.func.vmap`` over workers; ``"loop"``: one worker after another;
+    ``"auto"``: the first of grouped, vmap and loop that runs a trial step on the model.
+    """
+    if name not in ("auto", "batched", "vmap", "loop"):
+        raise ConfigError(f"unknown engine {name!r}; use auto, batched, vmap or loop")
     if name == "loop":
-        return LoopEngine(fm)
-    if name not in ("auto", "batched"):
-        raise ConfigError(f"unknown engine {name!r}; use auto, batched or loop")
-    engine = BatchedEngine(fm)
-    if name == "batched":
-        return engine
-    try:
-        x = fm.x0.unsqueeze(0).expand(2, -1)
-        xb = sample_inputs.unsqueeze(0).expand(2, *sample_inputs.shape)
-        with torch.no_grad():
-            engine._fwd(x, sample_inputs)
-        yb = torch.zeros(2, len(sample_inputs), dtype=torch.long, device=xb.device)
-        masks = fm.dropout_masks(fm.dropout_shapes(sample_inputs), torch.Generator(), x.device)
-        stacked = {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in masks.items()} or None
-        engine.grads(x, xb, yb, stacked)
-    except Exception:  # any vmap limitation: the loop always works
-        return LoopEngine(fm)
-    return engine
+        return LoopEngine(fm, autocast=autocast)
+    candidates: list[Callable[[], Engine]] = []
+    if name in ("auto", "batched"):
+        candidates.append(lambda: BatchedEngine(fm, autocast=autocast, channels_last=channels_last))
+    candidates.append(lambda: VmapEngine(fm, autocast=autocast))
+    if name == "auto":
+        candidates.append(lambda: LoopEngine(fm, autocast=autocast))
+    for make in candidates:
+        try:
+            engine = make()
+            if name == "auto" or make is not candidates[-1]:
+                _trial(engine, fm, sample_inputs)
+            return engine
+        except Exception:
+            continue
+    return LoopEngine(fm, autocast=autocast)
+
+
+def _trial(engine: Engine, fm: FunctionalModel, sample_inputs: Tensor) -> None:
+    """One gradient and one evaluation on two copies of a sample batch."""
+    x = fm.x0.unsqueeze(0).expand(2, -1).contiguous()
+    xb = sample_inputs.unsqueeze(0).expand(2, *sample_inputs.shape)
+    with torch.no_grad():
+        engine._logits_all(x, sample_inputs)
+    yb = torch.zeros(2, len(sample_inputs), dtype=torch.long, device=xb.device)
+    masks = fm.dropout_masks(fm.dropout_shapes(sample_inputs), torch.Generator(), x.device)
+    stacked = {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in masks.items()} or None
+    engine.grads(x, xb, yb, stacked)

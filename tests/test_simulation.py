@@ -37,13 +37,15 @@ def _tiny(**kw: object) -> RunConfig:
 
 @pytest.mark.parametrize("algorithm", ["relaysgd", "dpsgd", "allreduce", "relaysgd-grad"])
 def test_batched_and_loop_engines_give_the_same_models(digits: Task, algorithm: str) -> None:
-    """vmap over workers == one worker after another, dropout included (20 steps)."""
-    batched = simulate(digits, _tiny(algorithm=algorithm, engine="batched", momentum=0.9))
+    """Grouped layout and vmap == one worker after another, dropout included (20 steps)."""
     loop = simulate(digits, _tiny(algorithm=algorithm, engine="loop", momentum=0.9))
-    assert batched.engine == "batched" and loop.engine == "loop"
-    # float32, 20 steps of SGD: only summation order differs (measured max |diff| ~1e-6)
-    torch.testing.assert_close(batched.models, loop.models, rtol=0, atol=5e-5)
-    assert batched.final.accuracies == pytest.approx(loop.final.accuracies, abs=0.02)
+    assert loop.engine == "loop"
+    for engine in ("batched", "vmap"):
+        other = simulate(digits, _tiny(algorithm=algorithm, engine=engine, momentum=0.9))
+        assert other.engine == engine
+        # float32, 20 steps of SGD: only summation order differs (measured max |diff| ~1e-6)
+        torch.testing.assert_close(other.models, loop.models, rtol=0, atol=5e-5)
+        assert other.final.accuracies == pytest.approx(loop.final.accuracies, abs=0.02)
 
 
 def test_same_seed_reproduces_and_other_seed_differs(digits: Task) -> None:
