@@ -51,20 +51,19 @@ FILLS: tuple[str, ...] = ("initial", "latest")
 # --------------------------------------------------------------------------------------
 # The math (sections 1.1-1.2), shared by the stacked and the one-node views
 # --------------------------------------------------------------------------------------
-def outgoing(
-    v: Tensor, inbox: Tensor, back: Tensor, c_inbox: Tensor, c_back: Tensor
-) -> tuple[Tensor, Tensor]:
+def outgoing(total: Tensor, back: Tensor, c_total: Tensor, c_back: Tensor) -> tuple[Tensor, Tensor]:
     """Messages and counts a sender puts on its edges (ALGORITHM.md section 1.1).
 
     ``m_{i->j} = v_i + sum_{k in N_i} m_{k->i} - m_{j->i}``: the sender's fresh value
-    plus everything it received at the previous step except what came from ``j``.
+    plus everything it received at the previous step except what came from ``j``. The
+    first two terms are the sender's running total, :func:`combine` of its value with
+    the previous step's inbox; the message subtracts what ``j`` itself sent.
 
     Parameters
     ----------
-    v : Tensor[e, d]
-        The sender's value, one row per outgoing edge.
-    inbox, c_inbox : Tensor[e, d], Tensor[e]
-        Sum of the messages (counts) the sender received at step t-1.
+    total, c_total : Tensor[e, d], Tensor[e]
+        The sender's ``v_i + sum_k m_{k->i}^(t-1)`` (``1 + sum_k c_{k->i}^(t-1)``), one
+        row per outgoing edge.
     back, c_back : Tensor[e, d], Tensor[e]
         The message (count) the recipient sent to the sender at step t-1.
 
@@ -72,7 +71,7 @@ def outgoing(
     -------
     m, c : Tensor[e, d], Tensor[e]
     """
-    return v + inbox - back, 1 + c_inbox - c_back
+    return total - back, c_total - c_back
 
 
 def combine(v: Tensor, received: Tensor, c_received: Tensor) -> tuple[Tensor, Tensor]:
@@ -222,13 +221,13 @@ class _TreeRelay:
             self.m = v.new_zeros(len(E.src), v.shape[1])  # [e, d_k]
             self.c = v.new_zeros(len(E.src))  # [e]
             self.inbox, self.c_inbox = v.new_zeros(n, v.shape[1]), v.new_zeros(n)
+        total, c_total = combine(v, self.inbox, self.c_inbox)  # [n, d], [n]
         m, c = outgoing(
-            v.index_select(0, E.src),
-            self.inbox.index_select(0, E.src),
+            total.index_select(0, E.src),
             self.m.index_select(0, E.rev),
-            self.c_inbox.index_select(0, E.src),
+            c_total.index_select(0, E.src),
             self.c.index_select(0, E.rev),
-        )  # [e, d_k], [e]
+        )  # [e, d], [e]
         if keep is not None:  # simulated drop (section 1.4): discarded and not relayed on
             m = m * keep.unsqueeze(-1).to(m.dtype)
             c = c * keep.to(c.dtype)
@@ -411,9 +410,8 @@ class RelayNode:
             self._m = v.new_zeros(k, v.shape[0])  # [k, d]
             self._c = v.new_zeros(k)  # [k]
         self._v = v
-        inbox = self._m.sum(0, keepdim=True).expand(k, -1)  # [k, d]
-        c_inbox = self._c.sum().expand(k)  # [k]
-        m, c = outgoing(v.expand(k, -1), inbox, self._m, c_inbox, self._c)  # [k, d], [k]
+        total, c_total = combine(v, self._m.sum(0), self._c.sum())  # [d], []
+        m, c = outgoing(total.expand(k, -1), self._m, c_total.expand(k), self._c)  # [k, d], [k]
         return {j: (m[a], float(c[a])) for a, j in enumerate(self.neighbors)}
 
     def receive(self, messages: Mapping[int, tuple[Tensor, float] | None]) -> Tensor:

@@ -180,9 +180,15 @@ def relayfl_mode(
     }
     if mode == "batched":
         relay_s = statistics.median(relay_times[args.warmup :])
+        x = state["x"]
+        copy_s = statistics.median(_time(lambda s: x.clone(), device, 3, 20))
         out.update(
             relay_ms=relay_s * 1e3,
             relay_share=relay_s / step_s,
+            # one copy of the [n, d] parameter matrix: the unit of the relay's memory traffic
+            # (its floor is ~3 such passes: read x and the edge messages, write the result)
+            param_copy_ms=copy_s * 1e3,
+            relay_in_param_copies=relay_s / copy_s,
             peak_memory_bytes=_peak_memory(device),
         )
     return out
