@@ -94,3 +94,19 @@ def test_bf16_autocast_keeps_parameters_and_gradients_fp32() -> None:
     assert torch.isfinite(g16).all()
     cos = F.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
     assert cos > 0.99  # bf16 rounding only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_engine_on_cuda_equals_loop() -> None:
+    """On a GPU the grouped layout gives the loop's gradients (tf32 off)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    fm = FunctionalModel(models.SmallCNN(3, 10, 32, dropout=0.2), F.cross_entropy).to("cuda")
+    n, B = 4, 8
+    x = fm.x0.unsqueeze(0).repeat(n, 1)
+    xb = torch.randn(n, B, 3, 32, 32, device="cuda")
+    yb = torch.randint(0, 10, (n, B), device="cuda")
+    ref, _ = LoopEngine(fm).grads(x, xb, yb, None)
+    got, _ = BatchedEngine(fm).grads(x, xb, yb, None)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
