@@ -6,7 +6,21 @@ mixing step implemented here (ALGORITHM.md section 3):
 * ``relaysgd``: ``x <- RelaySum/Model(x_half)`` (section 1.5);
 * ``relaysgd-grad``: ``x <- x + RelaySum/Grad(x_half - x)`` (section 1.6);
 * ``dpsgd``: ``x <- W x_half`` with Metropolis-Hastings weights (sections 2.5 and 3);
+* ``d2``: ``x <- W(x_half + c)``, ``c <- x - x_half`` (D², exact diffusion);
+* ``gradient-tracking``: ``x <- W(x_half + c)``, ``c <- W(c + u) - u``, two gossips;
+* ``qgm``: D-PSGD with quasi-global momentum. It changes the *local* step, so its
+  mixing is plain gossip and the momentum lives in :class:`relayfl.optim.QuasiGlobalSGD`
+  (built by :func:`local_optimizer`), which updates its buffer after every round;
+* ``sgp``: stochastic gradient push on the time-varying exponential graph (section
+  2.3): two rounds of pairwise 1/2-1/2 averaging per step, the peer depending on the
+  round index;
 * ``allreduce``: ``x <- mean(x_half)``, the centralized reference.
+
+Every mixer acts on the stacked models after the engine computed the gradients, so the
+batched (vmap) and per-client loop engines run the same algorithms. Dropped messages
+(section 1.4): gossip-based mixers drop the neighbour term and renormalise by the weight
+that arrived; SGP keeps its own model when its one message is lost; relays are handled
+in :mod:`relayfl.relay`.
 
 With ``local_steps > 1`` the "update" is everything the worker did since the last
 round. Pure tensor code: no I/O, no config objects.
@@ -23,20 +37,50 @@ from torch import Tensor
 
 from relayfl import topology as _topology
 from relayfl.errors import ConfigError, NotATreeError
+from relayfl.optim import SGD, Adam, QuasiGlobalSGD, make_optimizer
 from relayfl.relay import RelaySum, message_dtype, tree_slices
 from relayfl.typing import Fill
 
-__all__ = ["ALGORITHMS", "AllReduce", "Gossip", "Mixer", "Relay", "make_mixer"]
+__all__ = [
+    "ALGORITHMS",
+    "D2",
+    "DEFAULT_TOPOLOGY",
+    "AllReduce",
+    "Gossip",
+    "GradientTracking",
+    "Mixer",
+    "Relay",
+    "TimeVaryingExponential",
+    "local_optimizer",
+    "make_mixer",
+]
 
-ALGORITHMS: tuple[str, ...] = ("relaysgd", "relaysgd-grad", "dpsgd", "allreduce")
+ALGORITHMS: tuple[str, ...] = (
+    "relaysgd",
+    "relaysgd-grad",
+    "dpsgd",
+    "d2",
+    "gradient-tracking",
+    "qgm",
+    "sgp",
+    "allreduce",
+)
 
-#: Default topology per algorithm (relay: binary tree; gossip: ring).
+#: Default topology per algorithm (relay: binary tree; gossip family: ring; SGP: its
+#: time-varying exponential graph, section 2.3).
 DEFAULT_TOPOLOGY: dict[str, str] = {
     "relaysgd": "binary-tree",
     "relaysgd-grad": "binary-tree",
     "dpsgd": "ring",
+    "d2": "ring",
+    "gradient-tracking": "ring",
+    "qgm": "ring",
+    "sgp": "exponential",
     "allreduce": "fully-connected",
 }
+
+#: Algorithms whose mixing is Metropolis-Hastings gossip on the given graph(s).
+GOSSIP_FAMILY: tuple[str, ...] = ("dpsgd", "d2", "gradient-tracking", "qgm")
 
 
 class Mixer:
@@ -101,6 +145,17 @@ class Relay(Mixer):
 class Gossip(Mixer):
     """D-PSGD: ``x_i <- sum_j W_ij x_j`` on each graph (its own slice with several).
 
+    Parameters
+    ----------
+    graphs : sequence of networkx.Graph
+        One graph, or several (double binary trees): graph ``k`` mixes the flat indices
+        ``k::len(graphs)`` with its own weights (section 2.2).
+    device : torch.device or str (default: "cpu")
+    weight : float, optional
+        Uniform edge weight instead of Metropolis-Hastings (section 2.5).
+
+    Notes
+    -----
     A dropped neighbour term is removed and the rest renormalised by the weight that
     arrived (self weight + kept neighbour weights; section 1.4).
     """
@@ -123,20 +178,37 @@ class Gossip(Mixer):
             self._w.append(as_t(W[src, dst]))  # [e]
             self._self_w.append(as_t(np.diag(W).copy()))  # [n]
 
-    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
-        out = torch.empty_like(x_half)
+    def gossip(self, v: Tensor, keep: Sequence[Tensor] | None = None) -> Tensor:
+        """One gossip step ``W v`` (per graph, on its slice), with drops renormalised.
+
+        Parameters
+        ----------
+        v : Tensor[n, d]
+        keep : sequence of Tensor[e_k] of bool, optional
+            One mask per graph, aligned with ``self.edges``.
+
+        Returns
+        -------
+        Tensor[n, d]
+        """
+        out = torch.empty_like(v)
         for k, sl in enumerate(self.slices):
             src, dst = self.edges[k]
-            v = x_half[:, sl]  # [n, d_k]
+            vk = v[:, sl]  # [n, d_k]
             w = self._w[k].to(v.dtype)  # [e]
             if keep is not None:
                 w = w * keep[k].to(v.dtype)
             self_w = self._self_w[k].to(v.dtype)  # [n]
-            acc = v * self_w.unsqueeze(-1)  # [n, d_k]
-            acc.index_add_(0, dst, v[src] * w.unsqueeze(-1))  # [n, d_k]
-            total = self_w.index_add(0, dst, w)  # [n]: 1 without drops
-            out[:, sl] = acc / total.unsqueeze(-1) if keep is not None else acc
+            acc = vk * self_w.unsqueeze(-1)  # [n, d_k]
+            acc.index_add_(0, dst, vk[src] * w.unsqueeze(-1))  # [n, d_k]
+            if keep is not None:
+                total = self_w.index_add(0, dst, w)  # [n]: 1 without drops
+                acc = acc / total.unsqueeze(-1)
+            out[:, sl] = acc
         return out
+
+    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
+        return self.gossip(x_half, keep)
 
     def bytes_per_round(self, d: int, dtype: torch.dtype) -> Tensor:
         itemsize = torch.empty((), dtype=dtype).element_size()
@@ -145,6 +217,172 @@ class Gossip(Mixer):
             deg = torch.tensor([graph.degree(i) for i in range(graph.number_of_nodes())])
             total += deg * len(range(d)[sl]) * itemsize
         return total
+
+
+class D2(Gossip):
+    """D² / exact diffusion: gossip with a correction that removes the heterogeneity bias.
+
+    ``x^{t+1} = W (x^{t+1/2} + c^t)`` and ``c^{t+1} = x^{t+1} - x^{t+1/2}``, ``c^0 = 0``
+    (ALGORITHM.md section 3), which equals
+    ``W (2 x^t - x^{t-1} - lr g^t + lr g^{t-1})`` for plain SGD.
+
+    Parameters are those of :class:`Gossip`.
+
+    Notes
+    -----
+    D² needs the smallest eigenvalue of ``W`` above ``-1/3``; on an even ring the
+    Metropolis-Hastings weights (all 1/3) sit exactly on that edge, as in the paper's
+    deep-learning runs. The quadratics use ``weight = 1/3 - 0.01`` (section 2.5), and
+    figure 3 uses ``(W + I) / 2``: pass ``lazy=True``. With drops the gossip is
+    renormalised and the correction no longer cancels: D² diverges (Table 5).
+    """
+
+    def __init__(
+        self,
+        graphs: Sequence[nx.Graph],
+        device: torch.device | str = "cpu",
+        *,
+        weight: float | None = None,
+        lazy: bool = False,
+    ) -> None:
+        super().__init__(graphs, device, weight=weight)
+        if lazy:  # W' = (W + I) / 2 (exact diffusion, section 2.5)
+            self._w = [w / 2 for w in self._w]
+            self._self_w = [(s + 1) / 2 for s in self._self_w]
+        self.c: Tensor | None = None  # [n, d], correction c^t
+
+    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
+        c = self.c if self.c is not None else torch.zeros_like(x_half)
+        x = self.gossip(x_half + c, keep)  # [n, d]
+        self.c = x - x_half
+        return x
+
+
+class GradientTracking(Gossip):
+    """Gradient tracking: gossip the models and a tracker of the average update.
+
+    ``x^{t+1} = W (x^{t+1/2} + c^t)`` and ``c^{t+1} = W (c^t + u^t) - u^t`` with
+    ``u^t = x^{t+1/2} - x^t``, ``c^0 = 0`` (ALGORITHM.md section 3): the tracker
+    ``y = u + c`` follows ``y^{t+1} = W y^t + u^{t+1} - u^t``. Two gossips per round, so
+    twice the bytes of D-PSGD.
+
+    Parameters are those of :class:`Gossip`.
+
+    Notes
+    -----
+    ``edges`` lists every graph twice: the first copies carry the models, the second
+    the corrections, and each message is dropped independently (as the paper's two
+    gossip mechanisms).
+    """
+
+    def __init__(
+        self,
+        graphs: Sequence[nx.Graph],
+        device: torch.device | str = "cpu",
+        *,
+        weight: float | None = None,
+    ) -> None:
+        super().__init__(graphs, device, weight=weight)
+        self._num_graphs = len(self.edges)
+        self.edges = self.edges + list(self.edges)
+        self.c: Tensor | None = None  # [n, d]
+
+    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
+        k = self._num_graphs
+        keep_x = None if keep is None else keep[:k]
+        keep_c = None if keep is None else keep[k:]
+        c = self.c if self.c is not None else torch.zeros_like(x_half)
+        u = x_half - x_start  # [n, d]
+        x = self.gossip(x_half + c, keep_x)  # [n, d]
+        self.c = self.gossip(c + u, keep_c) - u
+        return x
+
+    def bytes_per_round(self, d: int, dtype: torch.dtype) -> Tensor:
+        return 2 * super().bytes_per_round(d, dtype)
+
+
+class TimeVaryingExponential(Mixer):
+    """SGP on the time-varying exponential graph (ALGORITHM.md sections 2.3 and 3).
+
+    Each mixing step runs ``rounds`` rounds (2 in the paper). In global round ``r``
+    worker ``i`` sends its model to ``(i + 2^k) mod n`` and receives from
+    ``(i - 2^k) mod n`` with ``k = r mod log2(n)``, then sets ``x_i <- (x_i + x_recv)/2``.
+    In- and out-degree are 1, so the mixing matrix is doubly stochastic and no push-sum
+    weights are needed.
+
+    Parameters
+    ----------
+    num_nodes : int
+        A power of two.
+    rounds : int (default: 2)
+        Gossip rounds per mixing step (``push_sum_avg_steps``).
+    device : torch.device or str (default: "cpu")
+
+    Attributes
+    ----------
+    round : int
+        Global round counter; the peers depend on it. Set it to resume a run.
+
+    Notes
+    -----
+    The offsets follow the paper's simulator (``2^(r mod log2 n)``, every power of two in
+    turn, so ``log2 n`` rounds without updates average exactly). The authors' distributed
+    code computes ``2^((step (rounds + j)) mod log2 n)`` for round ``j`` of step ``step``,
+    which also visits every offset but in a less regular order. A dropped message leaves
+    the receiver's model as it was (section 1.4). ``edges`` holds one (sender, receiver)
+    pair per worker and round of the *next* mixing step, for the drop masks.
+    """
+
+    def __init__(
+        self, num_nodes: int, *, rounds: int = 2, device: torch.device | str = "cpu"
+    ) -> None:
+        n = num_nodes
+        if n < 1 or n & (n - 1):
+            raise ConfigError(
+                f"sgp needs a power-of-two number of workers (time-varying exponential "
+                f"graph), got {n}; use e.g. --clients {1 << max(n - 1, 1).bit_length()}"
+            )
+        if rounds < 1:
+            raise ConfigError(f"sgp needs at least 1 gossip round per step, got {rounds}")
+        self.num_nodes, self.rounds = n, rounds
+        self.log2n = n.bit_length() - 1
+        self.device = device
+        self.round = 0
+        self.edges = []
+        self._set_edges()
+
+    def offset(self, r: int) -> int:
+        """The peer offset ``2^(r mod log2 n)`` of global round ``r`` (0 for one worker)."""
+        return 1 << (r % self.log2n) if self.log2n else 0
+
+    def _set_edges(self) -> None:
+        dst = torch.arange(self.num_nodes, device=self.device)  # [n]
+        self.edges = (
+            [
+                ((dst - self.offset(self.round + j)) % self.num_nodes, dst)
+                for j in range(self.rounds)
+            ]
+            if self.num_nodes > 1
+            else []
+        )
+
+    def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
+        x = x_half
+        if self.num_nodes > 1:
+            for j in range(self.rounds):
+                src = torch.arange(self.num_nodes, device=x.device) - self.offset(self.round + j)
+                mixed = 0.5 * (x + x[src % self.num_nodes])  # [n, d]
+                if keep is not None:
+                    mixed = torch.where(keep[j].to(x.device).unsqueeze(-1), mixed, x)
+                x = mixed
+        self.round += self.rounds
+        self._set_edges()
+        return x
+
+    def bytes_per_round(self, d: int, dtype: torch.dtype) -> Tensor:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        per = self.rounds * d * itemsize if self.num_nodes > 1 else 0
+        return torch.full((self.num_nodes,), per, dtype=torch.int64)
 
 
 class AllReduce(Mixer):
@@ -168,6 +406,13 @@ class AllReduce(Mixer):
         return torch.full((n,), per, dtype=torch.int64)
 
 
+def _is_exponential(graph: nx.Graph) -> bool:
+    """Whether ``graph`` is :func:`relayfl.topology.exponential` of its size."""
+    n = graph.number_of_nodes()
+    ref = _topology.exponential(n)
+    return {frozenset(e) for e in graph.edges()} == {frozenset(e) for e in ref.edges()}
+
+
 def make_mixer(
     algorithm: str,
     graphs: Sequence[nx.Graph],
@@ -177,7 +422,33 @@ def make_mixer(
     normalization: str | None = None,
     gossip_weight: float | None = None,
 ) -> Mixer:
-    """Build the mixing step of ``algorithm`` on ``graphs`` (checked and explained)."""
+    """Build the mixing step of ``algorithm`` on ``graphs`` (checked and explained).
+
+    Parameters
+    ----------
+    algorithm : str
+        One of :data:`ALGORITHMS`.
+    graphs : sequence of networkx.Graph
+        The topology (two graphs for double binary trees).
+    x0 : Tensor[d]
+        The shared initial model (the relay's fill; sets the device).
+    fill, normalization : str, optional
+        RelaySum/Model options (section 1.2).
+    gossip_weight : float, optional
+        Uniform gossip edge weight instead of Metropolis-Hastings (gossip family).
+
+    Returns
+    -------
+    Mixer
+
+    Raises
+    ------
+    ConfigError
+        Unknown algorithm, or ``sgp`` off its exponential graph or with ``n`` not a
+        power of two.
+    NotATreeError
+        A relay on a graph with cycles.
+    """
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     n = graphs[0].number_of_nodes()
@@ -192,6 +463,54 @@ def make_mixer(
         return Relay(
             graphs, x0, grad=algorithm == "relaysgd-grad", fill=fill, normalization=normalization
         )
-    if algorithm == "dpsgd":
+    if algorithm in ("dpsgd", "qgm"):
         return Gossip(graphs, x0.device, weight=gossip_weight)
+    if algorithm == "d2":
+        return D2(graphs, x0.device, weight=gossip_weight)
+    if algorithm == "gradient-tracking":
+        return GradientTracking(graphs, x0.device, weight=gossip_weight)
+    if algorithm == "sgp":
+        if len(graphs) != 1 or not _is_exponential(graphs[0]):
+            raise ConfigError(
+                "sgp mixes on its own time-varying exponential graph; use --topology "
+                f"exponential (its default), got {len(graphs)} graph(s) with "
+                f"{sum(g.number_of_edges() for g in graphs)} edges"
+            )
+        return TimeVaryingExponential(n, device=x0.device)
     return AllReduce(n)
+
+
+def local_optimizer(
+    algorithm: str,
+    name: str = "sgd",
+    *,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = True,
+) -> SGD | Adam | QuasiGlobalSGD:
+    """The local optimizer ``algorithm`` runs between mixing steps.
+
+    Every algorithm uses the named base optimizer (:func:`relayfl.optim.make_optimizer`,
+    local momentum never communicated) except ``qgm``, whose local step uses the
+    quasi-global momentum buffer: :class:`relayfl.optim.QuasiGlobalSGD`. Callers invoke
+    ``optimizer.after_round(x_start, x_mixed)`` after each mixing step; it is a no-op
+    for the others.
+
+    Raises
+    ------
+    ConfigError
+        ``qgm`` with Adam or without momentum.
+    """
+    if algorithm == "qgm":
+        if name != "sgd":
+            raise ConfigError(
+                f"qgm (quasi-global momentum) is SGD-only, got optimizer {name!r}; "
+                "use --optimizer sgd"
+            )
+        if momentum <= 0:
+            raise ConfigError(
+                f"qgm needs momentum > 0 (it is dpsgd without it), got {momentum}; "
+                "use e.g. --momentum 0.9"
+            )
+        return QuasiGlobalSGD(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    return make_optimizer(name, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from relayfl.algorithms import ALGORITHMS
-from relayfl.config import ENGINES, SPANNING, RunConfig
+from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
 from relayfl.errors import RelayflError
 from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
@@ -48,8 +48,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--topology",
         default=None,
         help="chain, ring, star, binary-tree, tree, double-binary-trees, "
-        "fully-connected, social-network, or an edge-list file "
-        "(default: binary-tree for relays, ring for dpsgd)",
+        "fully-connected, social-network, exponential, or an edge-list file "
+        "(default: binary-tree for relays, ring for the gossip family "
+        "dpsgd/d2/gradient-tracking/qgm, exponential for sgp)",
     )
     g.add_argument(
         "--spanning-tree",
@@ -137,7 +138,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", dest="eval_every", type=int, default=d.eval_every)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device)
-    g.add_argument("--engine", choices=ENGINES, default=d.engine)
+    g.add_argument("--engine", choices=ENGINES, default=d.engine,
+                   help="batched: all workers as one network; loop: one after another")
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="bf16: bfloat16 autocast for forward/backward (sums stay fp32)")
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for results.json, evaluations.csv and the PNGs",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    from relayfl.deploy import add_commands  # node, launch, certs (deployment)
+
+    add_commands(sub, _add_run_options)
+    from relayfl.compare import add_compare_parser  # compare, FedAvg through Flower
+
+    add_compare_parser(sub)
     return parser
 
 
@@ -247,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             run_simulate(args)
+        elif hasattr(args, "handler"):  # relayfl.deploy: node, launch, certs
+            return args.handler(args)
     except RelayflError as err:  # the one place an error becomes an exit code
         print(f"relayfl: error: {err}", file=sys.stderr)
         return 2

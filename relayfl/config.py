@@ -16,7 +16,8 @@ from relayfl.task import DATASETS
 __all__ = ["RunConfig"]
 
 SPANNING: tuple[str, ...] = ("bfs", "min-diameter")
-ENGINES: tuple[str, ...] = ("auto", "batched", "loop")
+ENGINES: tuple[str, ...] = ("auto", "batched", "vmap", "loop")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 #: Default base learning rate per algorithm (digits small CNN, SGD; see README).
 DEFAULT_LR: float = 0.1
@@ -28,10 +29,15 @@ class RunConfig:
 
     Parameters
     ----------
-    algorithm : {"relaysgd", "relaysgd-grad", "dpsgd", "allreduce"}
+    algorithm : str
+        One of ``relaysgd``, ``relaysgd-grad``, ``dpsgd``, ``d2``, ``gradient-tracking``,
+        ``qgm``, ``sgp``, ``allreduce`` (:data:`relayfl.algorithms.ALGORITHMS`). ``qgm``
+        needs ``momentum > 0`` (its quasi-global momentum); ``sgp`` needs a power-of-two
+        ``num_clients``.
     topology : str, optional
         A name (``chain``, ``ring``, ``star``, ``binary-tree``, ``double-binary-trees``,
-        ...) or an edge-list file; default per algorithm (relay: binary tree, gossip: ring).
+        ``exponential``, ...) or an edge-list file; default per algorithm (relay: binary
+        tree, gossip family: ring, sgp: exponential).
     spanning_tree : {"bfs", "min-diameter"}, optional
         Reduce the graph to a spanning tree first (needed for relays on graphs with cycles).
     root : int
@@ -78,7 +84,14 @@ class RunConfig:
         Dropout rate of the built-in small CNN.
     seed : int
     device : str
-    engine : {"auto", "batched", "loop"}
+    engine : {"auto", "batched", "vmap", "loop"}
+        ``batched``: all workers as one network (grouped layout, else vmap); ``loop``:
+        one worker after another; ``auto``: the fastest that runs the model.
+    precision : {"fp32", "bf16"}
+        ``bf16`` runs forward/backward under bfloat16 autocast; parameters, optimizer
+        state and relay sums stay float32.
+    channels_last : bool
+        Image activations in channels-last memory format (batched engine).
     """
 
     algorithm: str = "relaysgd"
@@ -112,6 +125,8 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     engine: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -148,12 +163,25 @@ class RunConfig:
                 f"unknown normalization {self.normalization!r}; "
                 f"use one of {', '.join(NORMALIZATIONS)}"
             )
+        if self.precision not in PRECISIONS:
+            bad(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.engine not in ENGINES:
             bad(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINES)}")
         if any(not 0 < f <= 1 for f in self.milestones):
             bad(f"milestones are fractions of the run in (0, 1], got {self.milestones}")
         if self.dataset not in DATASETS:
             bad(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.algorithm == "qgm" and (self.momentum <= 0 or self.optimizer != "sgd"):
+            bad(
+                f"qgm (quasi-global momentum) needs --optimizer sgd and --momentum > 0, got "
+                f"{self.optimizer} with momentum {self.momentum}; use e.g. --momentum 0.9"
+            )
+        n = self.num_clients
+        if self.algorithm == "sgp" and n & (n - 1):
+            bad(
+                f"sgp needs a power-of-two number of clients (time-varying exponential "
+                f"graph), got {n}; use e.g. --clients {1 << (n - 1).bit_length()}"
+            )
         if self.drop_probability > 0 and self.algorithm == "allreduce":
             bad(
                 "drop-probability applies to decentralized links; allreduce has none. "
@@ -201,3 +229,34 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in vars(args).items() if k in known and v is not None}
         return cls(**values)
+
+    def to_flower(self) -> dict[str, bool | int | float | str]:
+        """Flower run-config form: kebab-case keys and Flower's scalar values only
+        (``num_clients`` -> ``"num-clients"``, alpha inf -> ``"iid"``, milestones as
+        ``"0.75,0.9"``, no ``None``), valid in a ``ConfigRecord``, a legacy fit config
+        and ``flwr run --run-config``."""
+        out = {}
+        for k, v in self.to_dict().items():
+            if isinstance(v, list | tuple):
+                v = ",".join(str(x) for x in v)
+            if v is not None:
+                out[k.replace("_", "-")] = v
+        return out
+
+    @classmethod
+    def from_flower(cls, run_config: Any, *, base: RunConfig | None = None) -> RunConfig:
+        """Build from a Flower ``context.run_config`` or ``ConfigRecord`` (kebab-case keys).
+
+        Keys that are not config fields (``server-round``, ``num-server-rounds``, ...) are
+        ignored; missing fields keep the value of ``base`` (default: ``RunConfig()``); an
+        empty string stands for None (TOML has no null).
+        """
+        known = {f.name for f in fields(cls)}
+        values = {k.replace("-", "_"): v for k, v in dict(run_config).items()}
+        values = {k: v for k, v in values.items() if k in known}
+        optional = {f.name for f in fields(cls) if f.default is None}
+        values = {k: None if v == "" and k in optional else v for k, v in values.items()}
+        if isinstance(values.get("milestones"), str):
+            text = values["milestones"]
+            values["milestones"] = [float(x) for x in text.split(",") if x.strip()]
+        return cls.from_dict({**(base or cls()).to_dict(), **values})

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from relayfl.errors import ConfigError
 
-__all__ = ["SGD", "Adam", "learning_rate", "make_optimizer"]
+__all__ = ["SGD", "Adam", "QuasiGlobalSGD", "learning_rate", "make_optimizer"]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
@@ -55,6 +55,9 @@ class SGD:
             g = g.add(self.buf, alpha=self.momentum) if self.nesterov else self.buf
         return g * (-lr)
 
+    def after_round(self, x_start: Tensor, x_end: Tensor) -> None:
+        """Hook called after each communication round; plain SGD keeps no round state."""
+
     def state_dict(self) -> dict[str, Tensor | None]:
         return {"buf": self.buf}
 
@@ -85,11 +88,78 @@ class Adam:
         denom = (self.exp_avg_sq / (1 - b2**self.t)).sqrt_().add_(self.eps)
         return self.exp_avg / denom * (-lr / (1 - b1**self.t))
 
+    def after_round(self, x_start: Tensor, x_end: Tensor) -> None:
+        """Hook called after each communication round; Adam keeps no round state."""
+
     def state_dict(self) -> dict[str, Tensor | int | None]:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "t": self.t}
 
     def load_state_dict(self, state: dict) -> None:
         self.exp_avg, self.exp_avg_sq, self.t = state["exp_avg"], state["exp_avg_sq"], state["t"]
+
+
+@dataclass
+class QuasiGlobalSGD:
+    """SGD with quasi-global momentum (Lin et al., ICML 2021; ALGORITHM.md section 3).
+
+    The local step uses a *temporary* Nesterov buffer built from the quasi-global
+    momentum ``m``: ``b = mu * m + g`` and ``x_half = x - lr * (g + mu * b)`` (or
+    ``x - lr * b`` without Nesterov), with ``g`` including the coupled weight decay. After
+    the round's mixing, :meth:`after_round` sets
+    ``m <- mu * m + (1 - mu) * (x_start - x_end) / max(lr, 1e-8)``: the buffer follows the
+    change of the *mixed* model, which carries the neighbours' directions, instead of the
+    local gradients. ``m`` starts at zero.
+
+    Parameters
+    ----------
+    momentum : float (default: 0.9)
+    weight_decay : float (default: 0.0)
+    nesterov : bool (default: True)
+
+    Notes
+    -----
+    As the paper's code (``quasi_global_momentum``): the step restores the buffer after
+    the local update, and ``lr`` is the last learning rate used in the round (its
+    ``max(lr, 1e-8)`` guards the warm-up's ``lr = 0``). With several local steps per
+    round the buffer sees the whole round's change.
+    """
+
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = True
+    buf: Tensor | None = field(default=None, repr=False)
+    lr: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.momentum < 1 or self.weight_decay < 0:
+            raise ConfigError(
+                f"quasi-global momentum needs 0 < momentum < 1 and weight decay >= 0, got "
+                f"{self.momentum} and {self.weight_decay}; use e.g. momentum 0.9"
+            )
+
+    def update(self, x: Tensor, g: Tensor, lr: float) -> Tensor:
+        """The step ``u`` for params ``x`` and gradients ``g`` [n, d]; ``m`` is unchanged."""
+        if self.weight_decay:
+            g = g.add(x, alpha=self.weight_decay)  # [n, d]
+        if self.buf is None:
+            self.buf = torch.zeros_like(g)
+        b = g.add(self.buf, alpha=self.momentum)  # [n, d]: temporary mu * m + g
+        step = g.add(b, alpha=self.momentum) if self.nesterov else b
+        self.lr = lr
+        return step * (-lr)
+
+    def after_round(self, x_start: Tensor, x_end: Tensor) -> None:
+        """Quasi-global buffer update from the round's start and mixed models [n, d]."""
+        if self.buf is None:
+            self.buf = torch.zeros_like(x_start)
+        diff = (x_start - x_end).to(self.buf.dtype)  # [n, d]
+        self.buf.mul_(self.momentum).add_(diff, alpha=(1 - self.momentum) / max(self.lr, 1e-8))
+
+    def state_dict(self) -> dict[str, Tensor | float | None]:
+        return {"buf": self.buf, "lr": self.lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buf, self.lr = state["buf"], state.get("lr", 0.0)
 
 
 def make_optimizer(

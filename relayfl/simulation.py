@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 
 from relayfl import partition, rng, topology
-from relayfl.algorithms import Mixer, make_mixer
+from relayfl.algorithms import Mixer, local_optimizer, make_mixer
 from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, make_engine
 from relayfl.errors import ConfigError, PartitionError
-from relayfl.optim import learning_rate, make_optimizer
+from relayfl.optim import learning_rate
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task, builtin
 
@@ -73,6 +73,14 @@ class ClientData:
 
     def __post_init__(self) -> None:
         self._perm: dict[int, tuple[int, Tensor]] = {}
+
+    @classmethod
+    def from_task(cls, task: Task, parts: list[np.ndarray], config: RunConfig,
+                  device: torch.device | str) -> ClientData:
+        """The run's partitions of ``task`` as device tensors with the run's seed and batch."""
+        return cls(task.x_train.to(device), task.y_train.to(device),
+                   [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
+                   config.batch_size, config.seed, task.augment)
 
     def indices(self, client: int, step: int) -> Tensor:
         """Tensor[B]: training indices of ``client``'s batch at ``step``."""
@@ -232,18 +240,17 @@ def simulate(
 
     fm = FunctionalModel(task.init_model(config.seed), task.loss_fn).to(device)
     x = fm.x0.unsqueeze(0).repeat(n, 1)  # [n, d]
-    data = ClientData(
-        task.x_train.to(device),
-        task.y_train.to(device),
-        [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
-        config.batch_size,
-        config.seed,
-        task.augment,
-    )
+    data = ClientData.from_task(task, parts, config, device)
     x_test = task.x_test[: config.eval_limit].to(device)
     y_test = task.y_test[: config.eval_limit].to(device)
     sample_inputs, _ = data.batch(0)
-    engine = make_engine(fm, config.engine, sample_inputs[0])  # type: ignore[arg-type]
+    engine = make_engine(
+        fm,
+        config.engine,  # type: ignore[arg-type]
+        sample_inputs[0],
+        autocast=torch.bfloat16 if config.precision == "bf16" else None,
+        channels_last=config.channels_last,
+    )
     shapes = fm.dropout_shapes(sample_inputs[0])
 
     mixer = make_mixer(
@@ -253,7 +260,8 @@ def simulate(
         fill=config.fill,  # type: ignore[arg-type]
         normalization=config.normalization,
     )
-    optimizer = make_optimizer(
+    optimizer = local_optimizer(  # the base optimizer; qgm's quasi-global SGD
+        config.algorithm,
         config.optimizer,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
@@ -310,6 +318,7 @@ def simulate(
         if (step + 1) % config.local_steps == 0:
             keep = _drop_masks(mixer, n, config.drop_probability, config.seed, step)
             x = mixer.mix(x_start, x, keep)  # [n, d]
+            optimizer.after_round(x_start, x)  # qgm: quasi-global momentum update
             x_start = x
             rounds += 1
             sent += per_round

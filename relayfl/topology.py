@@ -40,6 +40,7 @@ __all__ = [
     "distances",
     "double_binary_trees",
     "edge_index",
+    "exponential",
     "fully_connected",
     "gossip_weights",
     "load_graph",
@@ -65,6 +66,7 @@ NAMES: tuple[str, ...] = (
     "double-binary-trees",
     "fully-connected",
     "social-network",
+    "exponential",
 )
 
 #: Spanning-tree reductions accepted by :func:`build` (``--spanning-tree`` on the CLI).
@@ -225,6 +227,44 @@ def fully_connected(n: int) -> nx.Graph:
     n = _check_n(n, "fully_connected")
     graph = _empty(n)
     graph.add_edges_from((i, j) for i in range(n) for j in range(i + 1, n))
+    return graph
+
+
+def exponential(n: int) -> nx.Graph:
+    """Return the (static) exponential graph: ``i ~ (i + 2^k) mod n`` for every ``2^k < n``.
+
+    Parameters
+    ----------
+    n : int
+        Number of workers, at least 1.
+
+    Returns
+    -------
+    nx.Graph
+        The union of the peers SGP visits. For ``n = 16`` every worker has the 7
+        neighbours ``i ± 1, i ± 2, i ± 4, i + 8``.
+
+    Raises
+    ------
+    TopologyError
+        If ``n < 1``.
+
+    Notes
+    -----
+    ALGORITHM.md section 2.3. ``sgp`` runs its *time-varying* version (one peer per
+    round, ``n`` a power of two) on this topology name; gossip on it uses the static graph.
+
+    Examples
+    --------
+    >>> exponential(8).degree(0)
+    5
+    """
+    n = _check_n(n, "exponential")
+    graph = _empty(n)
+    k = 1
+    while k < n:
+        graph.add_edges_from((i, (i + k) % n) for i in range(n) if (i + k) % n != i)
+        k *= 2
     return graph
 
 
@@ -949,6 +989,7 @@ def build(
                 "binary-tree": binary_tree,
                 "tree": tree,
                 "fully-connected": fully_connected,
+                "exponential": exponential,
             }
             graphs = (constructors[name](int(num_nodes)),)
     elif Path(name).is_file():

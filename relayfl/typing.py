@@ -7,7 +7,9 @@ from typing import Literal
 import torch
 
 #: Decentralized algorithms the simulator runs (kebab-case, as on the CLI).
-Algorithm = Literal["relaysgd", "relaysgd-grad", "dpsgd", "allreduce"]
+Algorithm = Literal[
+    "relaysgd", "relaysgd-grad", "dpsgd", "d2", "gradient-tracking", "qgm", "sgp", "allreduce"
+]
 
 #: How a RelaySum sum S_i becomes an average (ALGORITHM.md section 1.2).
 Normalization = Literal["world_size", "counts", "sum"]

@@ -81,14 +81,7 @@ class LocalWorker:
         self.fm = FunctionalModel(task.init_model(config.seed), task.loss_fn).to(device)
         self.x0: Tensor = self.fm.x0
         self.layout = self.fm.layout
-        self.data = ClientData(
-            task.x_train.to(device),
-            task.y_train.to(device),
-            [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
-            config.batch_size,
-            config.seed,
-            task.augment,
-        )
+        self.data = ClientData.from_task(task, parts, config, device)
         self.num_samples = len(parts[client])
         self.engine = LoopEngine(self.fm)
         self.optimizer = make_optimizer(

@@ -1,0 +1,39 @@
+"""relayfl's Flower app: the forwarding ServerApp and the ClientApp named in the run config.
+
+Components of ``pyproject.toml`` beside this file: ``relayfl_app:server`` reads its
+:class:`relayfl.RunConfig` from ``context.run_config`` and saves ``results.json`` into the
+``out`` folder; ``relayfl_app:client`` runs the ClientApp named by ``clients``
+(``"clients.digits:app"`` by default), e.g. one of relayfl's ready clients or your own
+:class:`relayfl.flower.RelayClientApp`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from relayfl.errors import ConfigError
+from relayfl.flower import relay_server_app
+
+server = relay_server_app()
+
+
+class _NamedClientApp(ClientApp):
+    """Runs the ClientApp that ``context.run_config["clients"]`` names."""
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        target = str(context.run_config.get("clients", "clients.digits:app"))
+        module, _, attr = target.partition(":")
+        try:
+            app = getattr(importlib.import_module(module), attr or "app")
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(
+                f"cannot load the ClientApp {target!r} ({err}); set clients to "
+                "'module:attribute' of a RelayClientApp importable on every SuperNode"
+            ) from None
+        return app(message, context)
+
+
+client = _NamedClientApp()

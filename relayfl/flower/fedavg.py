@@ -1,0 +1,348 @@
+"""FedAvg through Flower's own strategy, on Flower's simulation engine, in relayfl's schema.
+
+The baseline Flower users actually run: ``flwr.serverapp.strategy.FedAvg`` with
+Message-API ``ClientApp``\\ s (such as :class:`relayfl.flower.RelayClientApp` and the
+ready clients in ``clients/``), or the legacy ``flwr.server.strategy.FedAvg`` for a
+legacy ``client_fn`` returning a ``NumPyClient`` (the new strategy rejects those). Every
+client trains ``local_steps`` steps per round, as in a relay round, so the comparison
+uses the same clients, partitions and budget of local samples.
+
+The one global model is evaluated on the server, on the same test set as the relay
+workers, so its mean and worst-client accuracy are that model's accuracy; bytes count
+the arrays through the server both ways.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from relayfl.config import RunConfig
+from relayfl.errors import ConfigError
+from relayfl.flower.client import ClientFn
+from relayfl.flower.protocol import eval_due, num_rounds
+from relayfl.flower.records import arrays_to_flat, config_record, ndarrays_to_record
+from relayfl.flower.runtime import CountingGrid, FlowerRunError, last_line, run_simulation
+from relayfl.results import EvalRecord, RunResult, library_versions
+from relayfl.task import Task
+
+__all__ = ["fedavg_worker_config", "run_fedavg", "task_evaluator", "task_initial_arrays"]
+
+#: Evaluation callback: ``(server_round, arrays) -> MetricRecord | None`` (Flower's).
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def fedavg_worker_config(config: RunConfig) -> RunConfig:
+    """What FedAvg's clients train with: local SGD with the run's schedule and no relay
+    learning-rate correction (``algorithm="allreduce"``: exact averaging)."""
+    return config.replace(algorithm="allreduce", topology=None, drop_probability=0.0)
+
+
+def task_initial_arrays(task: Task, config: RunConfig) -> ArrayRecord:
+    """The shared initial model of ``task`` (``task.init_model(config.seed)``) in the
+    order of the ready clients' ``get_parameters``."""
+    from relayfl.engine import FunctionalModel
+    from relayfl.relay import unpack
+
+    fm = FunctionalModel(task.init_model(config.seed), task.loss_fn)
+    return ndarrays_to_record([t.numpy() for t in unpack(fm.x0, fm.layout).values()])
+
+
+def task_evaluator(task: Task, config: RunConfig) -> EvaluateFn:
+    """A server-side ``evaluate_fn``: accuracy and loss of the global model on the
+    task's test set (the same test set every relay worker is evaluated on)."""
+    from relayfl.worker import LocalWorker
+
+    worker: list[LocalWorker] = []
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        if not worker:
+            worker.append(LocalWorker(task, fedavg_worker_config(config), 0))
+        flat, _ = arrays_to_flat(arrays)
+        acc, loss = worker[0].evaluate(flat.to(worker[0].x0.dtype))
+        return MetricRecord({"accuracy": acc, "loss": loss})
+
+    return evaluate
+
+
+class _CheckedFedAvg(FedAvg):
+    """Flower's FedAvg that fails loudly: any error reply or missing reply raises
+    (Flower's own logs them and carries on, which ends in an empty result)."""
+
+    def __init__(self, num_nodes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_nodes = num_nodes
+        self.last_train_metrics: MetricRecord | None = None
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        for msg in replies:
+            if msg.has_error():
+                raise FlowerRunError(
+                    f"FedAvg round {server_round}: node {msg.metadata.src_node_id} replied "
+                    f"with error {msg.error.code}: {last_line(msg.error.reason)}"
+                )
+        if len(replies) < self.num_nodes:
+            raise FlowerRunError(
+                f"FedAvg round {server_round}: {len(replies)} of {self.num_nodes} nodes "
+                "replied in time; raise the timeout or check the SuperNodes"
+            )
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        self.last_train_metrics = metrics
+        return arrays, metrics
+
+
+def _legacy_strategy(num_nodes: int, **kwargs: Any) -> Any:
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    class _CheckedLegacyFedAvg(LegacyFedAvg):
+        """Legacy FedAvg that raises on failures instead of skipping the round."""
+
+        last_train_metrics: dict[str, Any] | None = None
+
+        def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
+            if failures or len(results) < num_nodes:
+                first = failures[0] if failures else "a client did not reply in time"
+                why = first if isinstance(first, BaseException | str) else first[1].status
+                raise FlowerRunError(
+                    f"FedAvg round {server_round}: {len(results)} of {num_nodes} clients "
+                    f"trained; first failure: {last_line(str(why))}"
+                )
+            params, metrics = super().aggregate_fit(server_round, results, failures)
+            self.last_train_metrics = metrics
+            return params, metrics
+
+    return _CheckedLegacyFedAvg(**kwargs)
+
+
+def _weighted_metrics(pairs: list[tuple[int, Mapping[str, Any]]]) -> dict[str, float]:
+    """Example-weighted mean of every numeric metric (legacy fit_metrics_aggregation_fn)."""
+    total = sum(n for n, _ in pairs) or 1
+    keys = {k for _, m in pairs for k, v in m.items() if isinstance(v, int | float)}
+    return {k: sum(n * float(m.get(k, 0.0)) for n, m in pairs) / total for k in sorted(keys)}
+
+
+def run_fedavg(
+    client: ClientApp | ClientFn,
+    config: RunConfig | None = None,
+    *,
+    task: Task | None = None,
+    initial_arrays: ArrayRecord | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    client_resources: Mapping[str, float] | None = None,
+    timeout: float = 600.0,
+    quiet: bool = False,
+) -> RunResult:
+    """FedAvg with Flower's strategy on Flower's simulation engine.
+
+    Parameters
+    ----------
+    client : ClientApp or client_fn
+        A Message-API ``ClientApp`` (e.g. ``clients.digits.app``) runs with
+        ``flwr.serverapp.strategy.FedAvg``; a legacy ``client_fn(context) ->
+        NumPyClient`` runs with ``flwr.server.strategy.FedAvg``.
+    config : RunConfig, optional
+        ``num_clients`` SuperNodes, all sampled every round; ``steps / local_steps``
+        rounds of ``local_steps`` local steps; evaluation every ``eval_every`` steps
+        and at the end. The clients receive it in every train config (kebab-case keys,
+        with ``local-steps`` and ``server-round``), as :func:`fedavg_worker_config`.
+    task : Task, optional
+        Gives the initial model and the server-side evaluation on its test set.
+    initial_arrays : ArrayRecord, optional
+        Default: from ``task``; for a legacy ``client_fn`` without either, Flower asks
+        one client.
+    evaluate_fn : callable ``(server_round, arrays) -> MetricRecord``, optional
+        Server-side evaluation (``accuracy``, ``loss``); default: from ``task``.
+    train_config : mapping, optional
+        Extra entries of every train config.
+    client_resources : mapping, optional
+        Ray resources per ClientApp (default 1 CPU).
+    timeout : float
+        Seconds to wait for one round's replies.
+    quiet : bool (default: False)
+        Show only Flower's warnings.
+
+    Returns
+    -------
+    RunResult
+        ``config["algorithm"] == "fedavg"``, ``engine="flower-simulation"``;
+        ``extra["round_times"]``: seconds from the call to the end of each round
+        (index 0: before round 1); ``wall_s`` includes Ray's start and stop.
+
+    Raises
+    ------
+    FlowerRunError
+        When a client fails or does not answer, or the simulation crashes.
+    """
+    config = config or RunConfig()
+    started = time.perf_counter()
+    n = config.num_clients
+    rounds = num_rounds(config)
+    wcfg = fedavg_worker_config(config)
+    if evaluate_fn is None:
+        if task is None:
+            raise ConfigError(
+                "run_fedavg needs a task (its test set evaluates the global model) or an "
+                "evaluate_fn(server_round, arrays) -> MetricRecord"
+            )
+        evaluate_fn = task_evaluator(task, config)
+    if initial_arrays is None and task is not None:
+        initial_arrays = task_initial_arrays(task, config)
+    settings = {**wcfg.to_flower(), "local-steps": config.local_steps, **(train_config or {})}
+    legacy = not isinstance(client, ClientApp)
+    if not legacy and getattr(client, "_call", None) is not None:
+        raise ConfigError(
+            "this ClientApp was built from a client_fn (legacy NumPyClient), which Flower's "
+            "new FedAvg rejects; pass the client_fn itself to use the legacy FedAvg, or "
+            "wrap it as relayfl.flower.RelayClientApp(client_fn=...)"
+        )
+    if not legacy and initial_arrays is None:
+        raise ConfigError(
+            "FedAvg with a Message-API ClientApp needs the initial model: pass "
+            "initial_arrays=ArrayRecord(...) or a task"
+        )
+
+    state: dict[str, Any] = {"grid": None, "strategy": None}
+    evaluations: list[EvalRecord] = []
+    round_times: list[float] = []
+
+    def record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        round_times.append(time.perf_counter() - started)
+        if not eval_due(server_round, config, rounds):
+            return None
+        metrics = evaluate_fn(server_round, arrays)
+        if metrics is None:
+            return None
+        acc = float(metrics.get("accuracy", math.nan))
+        loss = float(metrics.get("loss", math.nan))
+        grid: CountingGrid = state["grid"]
+        nodes = sorted(grid.get_node_ids())
+        trained = getattr(state["strategy"], "last_train_metrics", None) or {}
+        step = server_round * config.local_steps
+        evaluations.append(
+            EvalRecord(
+                step=step,
+                round=server_round,
+                epoch=math.nan,
+                lr=float(trained.get("lr", 0.0 if server_round == 0 else math.nan)),
+                mean_accuracy=acc,
+                worst_accuracy=acc,
+                best_accuracy=acc,
+                mean_loss=loss,
+                worst_loss=loss,
+                train_loss=float(trained.get("train-loss", math.nan)),
+                consensus_distance=0.0,
+                accuracies=[acc] * n,
+                losses=[loss] * n,
+                bytes_sent=[grid.sent.get(i, 0) for i in nodes],
+                bytes_received=[grid.received.get(i, 0) for i in nodes],
+                wall_s=time.perf_counter() - started,
+            )
+        )
+        return metrics
+
+    app = ServerApp()
+    if legacy:
+        from flwr.server import ServerConfig
+        from flwr.server.compat import start_grid
+
+        @app.main()
+        def main(grid: Grid, context: Context) -> None:
+            cgrid = state["grid"] = CountingGrid(grid)
+            cgrid.wait_for_nodes(n, timeout=120.0)
+            from flwr.common import ndarrays_to_parameters
+
+            strategy = state["strategy"] = _legacy_strategy(
+                n,
+                fraction_fit=1.0,
+                fraction_evaluate=0.0,
+                min_fit_clients=n,
+                min_evaluate_clients=0,
+                min_available_clients=n,
+                accept_failures=False,
+                initial_parameters=None
+                if initial_arrays is None
+                else ndarrays_to_parameters(initial_arrays.to_numpy_ndarrays()),
+                on_fit_config_fn=lambda r: {**config_record(settings), "server-round": r},
+                fit_metrics_aggregation_fn=_weighted_metrics,
+                evaluate_fn=lambda r, nds, _cfg: _legacy_eval(record, r, nds),
+            )
+            start_grid(
+                grid=cgrid,
+                config=ServerConfig(num_rounds=rounds, round_timeout=timeout),
+                strategy=strategy,
+            )
+
+        client_app: ClientApp = ClientApp(client_fn=client)  # type: ignore[arg-type]
+    else:
+
+        @app.main()
+        def main(grid: Grid, context: Context) -> None:
+            cgrid = state["grid"] = CountingGrid(grid)
+            cgrid.wait_for_nodes(n, timeout=120.0)
+            strategy = state["strategy"] = _CheckedFedAvg(
+                n,
+                fraction_train=1.0,
+                fraction_evaluate=0.0,
+                min_train_nodes=n,
+                min_evaluate_nodes=0,
+                min_available_nodes=n,
+            )
+            strategy.start(
+                grid=cgrid,
+                initial_arrays=initial_arrays,  # type: ignore[arg-type]
+                num_rounds=rounds,
+                timeout=timeout,
+                train_config=ConfigRecord(dict(config_record(settings))),
+                evaluate_fn=record,
+            )
+
+        client_app = client  # type: ignore[assignment]
+
+    run_simulation(app, client_app, n, client_resources=client_resources, quiet=quiet)
+    if len(round_times) < rounds + 1:
+        raise FlowerRunError(
+            f"FedAvg finished {max(len(round_times) - 1, 0)} of {rounds} rounds; see the "
+            "Flower log above"
+        )
+    cfg = config.to_dict()
+    cfg.update(algorithm="fedavg", topology="star")
+    return RunResult(
+        config=cfg,
+        evaluations=evaluations,
+        topology={"name": "star", "server": "Flower SuperLink (FedAvg aggregates there)"},
+        versions=library_versions("flwr", "ray"),
+        task={
+            "name": task.name if task is not None else config.dataset,
+            **(task.info if task is not None else {}),
+        },
+        wall_s=time.perf_counter() - started,
+        engine="flower-simulation",
+        extra={
+            "strategy": "flwr.server.strategy.FedAvg (legacy)"
+            if legacy
+            else "flwr.serverapp.strategy.FedAvg",
+            "round_times": round_times,
+            "num_supernodes": n,
+        },
+    )
+
+
+def _legacy_eval(
+    record: Callable[[int, ArrayRecord], MetricRecord | None], server_round: int, nds: list
+) -> tuple[float, dict[str, float]] | None:
+    metrics = record(server_round, ndarrays_to_record([np.asarray(a) for a in nds]))
+    if metrics is None:
+        return None
+    return float(metrics.get("loss", math.nan)), {"accuracy": float(metrics.get("accuracy", 0.0))}

@@ -1,0 +1,319 @@
+"""The relay protocol on Flower: message types, record names, routing and bookkeeping.
+
+Shared by the nodes (:mod:`relayfl.flower.client`), the forwarding ``ServerApp``
+(:mod:`relayfl.flower.server`) and the in-process driver, so all three agree.
+
+One relay round per message (``query.relayfl_round``): a node receives the messages its
+tree neighbours sent in the previous round (records ``relayfl.from.<j>.<k>``), finishes
+that round's average, optionally evaluates, trains its local steps, and replies with one
+record per neighbour (``relayfl.to.<j>.<k>``). The server only moves each
+``relayfl.to.<j>.<k>`` record of node ``i`` into node ``j``'s next message as
+``relayfl.from.<i>.<k>``: the same object, never read, never combined.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, RecordDict
+from torch import Tensor
+
+from relayfl import topology
+from relayfl.config import RunConfig
+from relayfl.errors import ConfigError
+from relayfl.flower.records import arrays_to_flat, config_record
+from relayfl.relay import Layout
+from relayfl.results import EvalRecord, RunResult, library_versions
+
+__all__ = [
+    "FINAL",
+    "HELLO",
+    "ROUND",
+    "X0",
+    "RelayRecorder",
+    "checksum",
+    "eval_due",
+    "from_key",
+    "num_rounds",
+    "parse_key",
+    "relay_rounds",
+    "route",
+    "to_key",
+]
+
+#: Handshake: nodes report their partition id (the ServerApp cannot see it).
+HELLO = "query.relayfl_hello"
+#: One relay round (and, with ``final``, the last average and evaluation).
+ROUND = "query.relayfl_round"
+#: The shared initial model, forwarded to every node in round 1.
+X0 = "relayfl.x0"
+#: The final model a node returns when asked (``return-model``).
+FINAL = "arrays"
+
+
+def to_key(neighbour: int, graph: int) -> str:
+    """Record name of a message for ``neighbour`` on graph ``graph``."""
+    return f"relayfl.to.{neighbour}.{graph}"
+
+
+def from_key(sender: int, graph: int) -> str:
+    """Record name of a message from ``sender`` on graph ``graph``."""
+    return f"relayfl.from.{sender}.{graph}"
+
+
+def parse_key(name: str) -> tuple[str, int, int] | None:
+    """``("to" | "from", peer, graph)`` for a relay record name, else None."""
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "relayfl" and parts[1] in ("to", "from"):
+        return parts[1], int(parts[2]), int(parts[3])
+    return None
+
+
+def route(
+    outgoing: Mapping[int, Mapping[str, Any]], num_nodes: int
+) -> dict[int, dict[str, ArrayRecord]]:
+    """Move every ``relayfl.to.<j>.<k>`` record of sender ``i`` to ``j`` as
+    ``relayfl.from.<i>.<k>``.
+
+    The records are passed on as they are (the same objects): the forwarder reads only
+    their names.
+
+    Parameters
+    ----------
+    outgoing : mapping of partition id to that node's reply records
+    num_nodes : int
+
+    Returns
+    -------
+    dict of partition id to the records for its next message
+    """
+    incoming: dict[int, dict[str, ArrayRecord]] = {p: {} for p in range(num_nodes)}
+    for src, records in outgoing.items():
+        for name, record in records.items():
+            key = parse_key(name)
+            if key is None or key[0] != "to":
+                continue
+            _, dst, graph = key
+            if dst not in incoming:
+                raise ConfigError(
+                    f"node {src} addressed a message to worker {dst}, outside "
+                    f"0..{num_nodes - 1}; every node must run with the same num-clients"
+                )
+            incoming[dst][from_key(src, graph)] = record
+    return incoming
+
+
+def num_rounds(config: RunConfig) -> int:
+    """Communication rounds of a run: ``steps / local_steps`` (which must divide)."""
+    if config.steps % config.local_steps:
+        raise ConfigError(
+            f"steps ({config.steps}) must be a multiple of local-steps "
+            f"({config.local_steps}) on Flower, where every round ends with communication; "
+            f"use steps={max(config.steps // config.local_steps, 1) * config.local_steps}"
+        )
+    return config.steps // config.local_steps
+
+
+def eval_due(rounds_done: int, config: RunConfig, total_rounds: int) -> bool:
+    """Evaluate after ``rounds_done`` rounds? At 0 and every ``eval_every`` steps (as the
+    simulator), and always at the end."""
+    if rounds_done >= total_rounds:
+        return True
+    ev = config.eval_every
+    if not ev:
+        return False
+    if rounds_done == 0:
+        return True
+    ls = config.local_steps
+    return (rounds_done * ls) // ev > ((rounds_done - 1) * ls) // ev
+
+
+def checksum(record: ArrayRecord) -> int:
+    """CRC-32 of a record's array bytes (equal records, equal checksums)."""
+    crc = 0
+    for key, array in record.items():
+        crc = zlib.crc32(array.data, zlib.crc32(key.encode(), crc))
+    return crc
+
+
+def _metric(values: Mapping[str, Any], *names: str) -> float:
+    for name in names:
+        if name in values:
+            return float(values[name])
+    return math.nan
+
+
+class RelayRecorder:
+    """Collects per-worker metrics round by round and builds the :class:`RunResult`.
+
+    Parameters
+    ----------
+    config : RunConfig
+    started : float
+        ``time.perf_counter()`` at the engine call (``wall_s`` counts from there).
+    """
+
+    def __init__(self, config: RunConfig, started: float) -> None:
+        self.config, self.started = config, started
+        n = config.num_clients
+        self.evaluations: list[EvalRecord] = []
+        self.train_loss = math.nan
+        self.lr = math.nan
+        self.sent = [0] * n
+        self.received = [0] * n
+        self.num_examples = [0] * n
+
+    def trained(self, metrics: Sequence[Mapping[str, Any]]) -> None:
+        """Record the training metrics of one round, per worker."""
+        losses = [_metric(m, "train-loss", "train_loss") for m in metrics]
+        losses = [v for v in losses if not math.isnan(v)]
+        self.train_loss = float(np.mean(losses)) if losses else math.nan
+        lrs = [float(m["lr"]) for m in metrics if "lr" in m]
+        self.lr = float(np.mean(lrs)) if lrs else math.nan
+        self.num_examples = [int(_metric(m, "num-examples")) for m in metrics]
+
+    def evaluated(
+        self, rounds_done: int, metrics: Sequence[Mapping[str, Any]], models: Tensor | None = None
+    ) -> EvalRecord:
+        """Record one evaluation of every worker (``metrics`` in worker order)."""
+        acc = [
+            _metric(m, "eval-accuracy", "accuracy", "eval_acc", "eval_accuracy", "acc")
+            for m in metrics
+        ]
+        loss = [_metric(m, "eval-loss", "loss", "eval_loss") for m in metrics]
+        consensus = math.nan
+        if models is not None:
+            x = models.double()
+            consensus = float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
+        step = rounds_done * self.config.local_steps
+        per_epoch = (
+            float(np.mean(self.num_examples)) / self.config.batch_size
+            if any(self.num_examples)
+            else math.nan
+        )
+        record = EvalRecord(
+            step=step,
+            round=rounds_done,
+            epoch=step / per_epoch if per_epoch else math.nan,
+            lr=self.lr if rounds_done else 0.0,
+            mean_accuracy=float(np.mean(acc)),
+            worst_accuracy=float(np.min(acc)),
+            best_accuracy=float(np.max(acc)),
+            mean_loss=float(np.mean(loss)),
+            worst_loss=float(np.max(loss)),
+            train_loss=self.train_loss,
+            consensus_distance=consensus,
+            accuracies=acc,
+            losses=loss,
+            bytes_sent=list(self.sent),
+            bytes_received=list(self.received),
+            wall_s=time.perf_counter() - self.started,
+        )
+        self.evaluations.append(record)
+        return record
+
+    def result(
+        self,
+        *,
+        engine: str,
+        models: Tensor | None,
+        layout: Any,
+        extra: Mapping[str, Any],
+        task: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        """The run in the core schema (``wall_s`` up to now)."""
+        cfg = self.config
+        graphs = topology.build(
+            cfg.topology_name, cfg.num_clients, root=cfg.root, spanning=cfg.spanning_tree
+        )
+        return RunResult(
+            config=dict(config) if config is not None else cfg.to_dict(),
+            evaluations=self.evaluations,
+            topology={"name": cfg.topology_name, "graphs": [topology.describe(g) for g in graphs]},
+            versions=library_versions("flwr", "ray"),
+            task=dict(task or {"name": cfg.dataset, "partition_sizes": list(self.num_examples)}),
+            wall_s=time.perf_counter() - self.started,
+            engine=engine,
+            extra=dict(extra),
+            models=models,
+            layout=layout,
+        )
+
+
+#: ``exchange(server_round, contents)``: deliver each worker's message, return its reply.
+Exchange = Callable[[int, dict[int, RecordDict]], dict[int, RecordDict]]
+
+
+def relay_rounds(
+    config: RunConfig,
+    exchange: Exchange,
+    *,
+    x0: ArrayRecord | None,
+    fit_config: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None,
+    return_models: bool,
+    recorder: RelayRecorder,
+) -> tuple[Tensor | None, Layout | None]:
+    """The relay's round loop, whatever carries the messages (Flower's grid or a loop).
+
+    Round ``r`` (1-based) sends every worker the round's settings and what its
+    neighbours sent in round ``r - 1``; one more message, ``final``, finishes the last
+    average, evaluates and (``return_models``) collects the models. Round 1 carries
+    the shared initial model ``x0``; with ``x0=None`` every worker starts from its own
+    (``initial="own"``: the workers report a checksum, which must agree).
+
+    Returns
+    -------
+    models, layout : Tensor[n, d] and Layout, or None
+        The workers' final flat models.
+    """
+    n = config.num_clients
+    total = num_rounds(config)
+    base = config.to_flower()
+    first = {X0: x0} if x0 is not None else {}
+    incoming: dict[int, dict[str, ArrayRecord]] = {p: dict(first) for p in range(n)}
+    models: Tensor | None = None
+    layout: Layout | None = None
+    for rnd in range(1, total + 2):
+        final = rnd == total + 1
+        extra = fit_config(rnd) if callable(fit_config) else (fit_config or {})
+        settings = {
+            **base,
+            **extra,
+            "server-round": rnd,
+            "num-rounds": total,
+            "final": final,
+            "evaluate": eval_due(rnd - 1, config, total),
+            "return-model": bool(return_models and final),
+            "initial": "shared" if x0 is not None else "own",
+        }
+        contents = {
+            p: RecordDict({"config": config_record(settings), **incoming[p]}) for p in range(n)
+        }
+        replies = exchange(rnd, contents)
+        metrics = [dict(replies[p]["metrics"]) for p in range(n)]
+        if rnd == 1 and x0 is None:
+            sums = {int(m.get("x0-checksum", -1)) for m in metrics}
+            if len(sums) != 1:
+                raise ConfigError(
+                    "with initial='own' the workers started from different initial models "
+                    f"(checksums {sorted(sums)[:4]}); seed the model, or share node 0's "
+                    "(initial='node-0')"
+                )
+        if final and return_models:
+            flats = [arrays_to_flat(replies[p][FINAL]) for p in range(n)]  # type: ignore[arg-type]
+            models = torch.stack([f for f, _ in flats])  # [n, d]
+            layout = flats[0][1]
+        if settings["evaluate"]:  # the model after rnd - 1 rounds
+            recorder.evaluated(rnd - 1, metrics, models)
+        if not final:
+            recorder.trained(metrics)
+        if not final:
+            incoming = route({p: dict(replies[p].array_records) for p in range(n)}, n)
+    return models, layout
