@@ -438,6 +438,7 @@ class _Peer:
     progress_at: float = -math.inf  # last bytes of a message arriving
     revived_at: float = -math.inf
     need_resend: bool = False
+    resent: set[int] = field(default_factory=set)  # steps already sent again
     in_flight: bool = False
 
 
@@ -445,16 +446,15 @@ def _clean_status(status: Any) -> dict[str, Any] | None:
     if not isinstance(status, dict):
         return None
     step, phase = status.get("step"), status.get("phase")
-    waiting = status.get("waiting_on", [])
+    lists = [status.get("waiting_on", []), status.get("receiving", [])]
     if (
         not isinstance(step, int)
         or isinstance(step, bool)
         or phase not in ("start", "train", "wait", "done")
-        or not isinstance(waiting, list)
-        or not all(isinstance(w, int) for w in waiting)
+        or not all(isinstance(v, list) and all(isinstance(w, int) for w in v) for v in lists)
     ):
         return None
-    return {"step": step, "phase": phase, "waiting_on": waiting}
+    return {"step": step, "phase": phase, "waiting_on": lists[0], "receiving": lists[1]}
 
 
 class Node:
@@ -570,6 +570,8 @@ class Node:
         self._inbox: dict[tuple[int, int, int], tuple[Tensor, float]] = {}
         #: What this node sent in its last two steps, for a neighbour that missed it.
         self._outboxes: dict[int, dict[int, list[Message]]] = {}
+        self._sent_at: dict[int, float] = {}
+        self._resend_after = max(3 * options.heartbeat, 1.0)
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._fatal: BaseException | None = None
@@ -577,6 +579,7 @@ class Node:
         self._drops: Counter[str] = Counter()
         self._dead_log: list[dict[str, Any]] = []
         self._revived_log: list[dict[str, Any]] = []
+        self._skipped: list[dict[str, int]] = []
         self._last_warn: dict[tuple[str, str], tuple[float, int]] = {}
         self._events_lock = threading.Lock()
         self._jsonl = None
@@ -707,7 +710,14 @@ class Node:
     # ------------------------------------------------------------------ liveness
     def _status(self) -> dict[str, Any]:
         with self._lock:
-            return {"step": self._cur, "phase": self._phase, "waiting_on": list(self._waiting_on)}
+            now = time.monotonic()
+            receiving = [j for j, p in self._peers.items() if now - p.progress_at < 2.0]
+            return {
+                "step": self._cur,
+                "phase": self._phase,
+                "waiting_on": list(self._waiting_on),
+                "receiving": receiving,
+            }
 
     def _saw(self, j: int, status: dict[str, Any]) -> None:
         resend: list[Message] = []
@@ -731,14 +741,25 @@ class Node:
                 p.dead, revived = False, True
                 p.revived_at = now
                 p.need_resend = True
+            step_j = status["step"]
             if (
-                p.need_resend
-                and status["phase"] == "wait"
+                status["phase"] == "wait"
                 and self.id in waiting
-                and status["step"] in self._outboxes
+                and step_j in self._outboxes
+                and step_j not in p.resent
+                and self.id not in status["receiving"]
+                # delivery failed, or it still waits for a step we sent a while ago and left
+                and (
+                    p.need_resend
+                    or (
+                        step_j < self._cur
+                        and now - self._sent_at.get(step_j, now) > self._resend_after
+                    )
+                )
             ):
                 p.need_resend = False
-                resend = list(self._outboxes[status["step"]].get(j, []))
+                p.resent = {k for k in p.resent if k >= step_j - 2} | {step_j}
+                resend = list(self._outboxes[step_j].get(j, []))
             self._cv.notify_all()
             step = self._cur
         if revived:
@@ -858,6 +879,10 @@ class Node:
             self._jsonl = open(self.out / "log.jsonl", "a", buffering=1)  # noqa: SIM115
         beat = threading.Thread(target=self._heartbeat_loop, name="relayfl-heartbeat", daemon=True)
         try:
+            checkpoint = self._load_checkpoint() if self.options.resume else None
+            if checkpoint is not None:  # answer status calls with the checkpoint's step
+                with self._lock:
+                    self._cur = int(checkpoint["round"])
             own = self.transport.start(self.spec, self)
             self._event(
                 "listening",
@@ -882,7 +907,7 @@ class Node:
             else:
                 self.transport.set_peers({})
             beat.start()
-            start = self._rendezvous()
+            start = self._rendezvous(checkpoint)
             result = self._train(start)
             self._linger()
             return result
@@ -898,12 +923,8 @@ class Node:
                         self._jsonl.close()
                         self._jsonl = None
 
-    def _rendezvous(self) -> int:
+    def _rendezvous(self, checkpoint: dict[str, Any] | None) -> int:
         opts = self.options
-        checkpoint = self._load_checkpoint() if opts.resume else None
-        if checkpoint is not None:
-            with self._lock:
-                self._cur = int(checkpoint["round"])
         deadline = time.monotonic() + opts.startup_timeout
         self._event(
             "rendezvous",
@@ -980,10 +1001,15 @@ class Node:
         if start == 0 and config.eval_every and not self.evaluations:
             self._evaluate(x, 0, 0, math.nan)
         hook = getattr(getattr(trainer, "optimizer", None), "after_round", None)
-        for r in range(start, total_rounds):
+        r = start
+        while r < total_rounds:
             if self._abort.is_set():
                 self._checkpoint(r, x)
                 raise NodeStopped(f"node {self.id} stopped at step {r}; resume with --resume")
+            ahead = self._neighbours_ahead(r)
+            if ahead is not None and ahead < total_rounds:
+                self._skip(r, ahead)
+                r = ahead
             s0 = r * L
             k = min(L, config.steps - s0)
             with self._lock:
@@ -1023,6 +1049,7 @@ class Node:
                 self._evaluate(x, done, r + 1, loss)
             if self.options.checkpoint_every and (r + 1) % self.options.checkpoint_every == 0:
                 self._checkpoint(r + 1, x)
+            r += 1
         with self._lock:
             self._phase = "done"
             self._waiting_on = []
@@ -1051,6 +1078,53 @@ class Node:
         )
         return result
 
+    def _neighbours_ahead(self, r: int) -> int | None:
+        """The step of the neighbours when some live one is two or more steps ahead.
+
+        That happens when parts of the tree ran at their own speed while split (a dead
+        node) or when this node is much slower: the messages it would wait for were sent,
+        and refused as too far ahead, long ago.
+        """
+        with self._lock:
+            steps = [
+                int(p.status["step"])
+                for p in self._peers.values()
+                if not p.dead and not p.done and p.status.get("phase") in ("train", "wait")
+            ]
+        top = max(steps, default=r)
+        return top if top >= r + 2 else None
+
+    def _skip(self, r: int, target: int) -> None:
+        """Jump from step ``r`` to the neighbours' step ``target`` without training the
+        steps between (as a resumed node does); relay buffers restart empty."""
+        if self.relay:
+            for relay in self.relays:
+                state = relay.state_dict()
+                if state["m"] is not None:
+                    relay.load_state_dict(
+                        {
+                            "m": torch.zeros_like(state["m"]),
+                            "c": torch.zeros_like(state["c"]),
+                            "fill": state["fill"],
+                        }
+                    )
+        with self._cv:
+            self._cur = target
+            for key in [key for key in self._inbox if key[0] < target]:
+                del self._inbox[key]
+        self._skipped.append({"from": r, "to": target})
+        self._event(
+            "skip",
+            step=r,
+            to=target,
+            level=logging.WARNING,
+            text=(
+                f"at step {r}, {target - r} steps behind a neighbour: skipping ahead to "
+                f"step {target} (parts of the tree ran at different speeds, or this node "
+                "is slow)"
+            ),
+        )
+
     def _communicate(self, r: int, mix_step: int, x_start: Tensor, x_half: Tensor) -> Tensor:
         """Send this round's messages, collect the neighbours', and mix (one round)."""
         value = x_half - x_start if self.grad else x_half  # [d]
@@ -1067,8 +1141,10 @@ class Node:
             expected.extend((k, j) for j in sorted(self.tree_neighbors[k]))
         with self._lock:
             self._outboxes[r] = outbox
+            self._sent_at[r] = time.monotonic()
             for old in [k for k in self._outboxes if k < r - 1]:
                 del self._outboxes[old]
+                self._sent_at.pop(old, None)
             self._phase = "wait"
             skip = {j for j, p in self._peers.items() if p.dead or p.done}
         for j, messages in outbox.items():
@@ -1149,6 +1225,8 @@ class Node:
                         reason = "dead"
                     elif p.done:
                         reason = "finished"
+                    elif p.status.get("phase") in ("train", "wait") and p.status["step"] >= r + 2:
+                        reason = "ahead"  # it sent step r long ago (refused as too far ahead)
                     else:
                         ref = max(start, p.revived_at, p.progress_at)
                         if (
@@ -1272,6 +1350,7 @@ class Node:
                 "rejected": dict(self._rejected),
                 "dead": list(self._dead_log),
                 "revived": list(self._revived_log),
+                "skipped": list(self._skipped),
                 "resumed": self._resumed,
                 "options": {
                     k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.options).items()

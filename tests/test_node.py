@@ -27,6 +27,15 @@ from relayfl.transport.probe import DataProbe
 ATOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread in this process too (2 shared cores; restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _config(**kw) -> RunConfig:
     base = dict(
         num_clients=4,
@@ -284,12 +293,13 @@ class _Quiet:
 def test_killed_node_resumes_from_its_checkpoint_and_finishes(tmp_path: Path) -> None:
     """SIGKILL inner node 1 of a chain; once declared dead, restart it with --resume:
     it reloads its checkpoint, skips to its neighbours' step, and everyone finishes."""
-    config = _config(topology="chain", steps=40, eval_every=20, fill="latest")
+    config = _config(topology="chain", steps=300, eval_every=150, fill="latest")
     options = _options(tmp_path, checkpoint_every=5, dead_after=3.0)
     with Launcher(config, options) as run:
         run.start()
         assert run.wait_step(1, 12, timeout=120)
         run.kill(1)
+        killed_at = run.killed[0]["step"]
         assert run.wait_for(
             lambda s: any(e["event"] == "dead" and e["neighbor"] == 1 for e in s.events), 60
         )
@@ -298,13 +308,15 @@ def test_killed_node_resumes_from_its_checkpoint_and_finishes(tmp_path: Path) ->
         result = run.collect()
         assert run.failed() is None
     resumed = next(e for e in _events(tmp_path, 1) if e["event"] == "resumed")
-    assert resumed["checkpoint_round"] == 10
-    assert resumed["round"] >= 12
+    assert resumed["checkpoint_round"] == killed_at // 5 * 5  # its last checkpoint
+    assert killed_at <= resumed["round"] < config.steps  # rejoined mid-run
     revived = {e["node"] for k in (0, 2) for e in _events(tmp_path, k) if e["event"] == "revived"}
     assert revived == {0, 2}
     assert result.final.step == config.steps
-    assert all(math.isfinite(a) for a in result.final.accuracies)
     assert result.extra["finished"] == [0, 1, 2, 3]
+    accuracies = result.final.accuracies
+    assert all(math.isfinite(a) for a in accuracies)
+    assert max(accuracies) - min(accuracies) < 0.05  # node 1 was averaged back in
 
 
 def test_node_without_certificates_names_the_certs_command(tmp_path: Path, capsys) -> None:

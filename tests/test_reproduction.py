@@ -146,9 +146,8 @@ def _fast(**kw: object) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def worst(fashion: Task) -> dict[str, list[float]]:
-    """Worst-worker accuracy of the fast runs, seeds 0 and 1 (8 runs, shared by tests)."""
+    """Worst-worker accuracy of the fast runs, seeds 0 and 1 (6 runs, shared by tests)."""
     runs = {
-        "relaysgd": {"algorithm": "relaysgd", "topology": "double-binary-trees"},
         "dpsgd": {"algorithm": "dpsgd", "topology": "ring"},
         "relaysgd-latest": {
             "algorithm": "relaysgd",
@@ -168,15 +167,17 @@ def worst(fashion: Task) -> dict[str, list[float]]:
     }
 
 
-# Measured on seeds 0, 1 (worst-worker accuracy):
-#   relaysgd (double binary trees)  0.738, 0.787  (mean 0.763)
-#   dpsgd (ring)                    0.425, 0.674  (mean 0.550): relay ahead by 0.213
+# Measured on seeds 0, 1 (worst-worker accuracy; both send at most 2 models per step):
+#   relaysgd, double binary trees, fill=latest  0.735, 0.784  (mean 0.760)
+#   (with the default fill=initial:             0.738, 0.787)
+#   dpsgd, ring                                 0.425, 0.674  (mean 0.550)
+# relay ahead by 0.210 on average (0.310 and 0.110 per seed).
 RELAY_BEATS_DPSGD_BY = 0.10
 
 
 def test_relaysgd_worst_worker_beats_dpsgd_at_alpha_001(worst: dict) -> None:
     """Table 2: with strong label skew RelaySGD's worst worker is far ahead of D-PSGD's."""
-    relay, gossip = float(np.mean(worst["relaysgd"])), float(np.mean(worst["dpsgd"]))
+    relay, gossip = float(np.mean(worst["relaysgd-latest"])), float(np.mean(worst["dpsgd"]))
     assert relay - gossip >= RELAY_BEATS_DPSGD_BY, worst
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from relayfl.config import RunConfig
-from relayfl.flower.runtime import OFFLINE_ENV, FlowerRunError, _alive, _descendants
+from relayfl.flower.runtime import OFFLINE_ENV, FlowerRunError, descendant_processes, process_alive
 from relayfl.results import RunResult
 
 __all__ = ["LocalDeployment", "run_relay_deployment"]
@@ -202,7 +202,9 @@ class LocalDeployment:
     def stop(self, timeout: float = 15.0) -> None:
         """End every process this deployment started (and their children), by PID."""
         own = {p.pid for p in self.processes}
-        children = {pid for p in self.processes if p.poll() is None for pid in _descendants(p.pid)}
+        children = {
+            pid for p in self.processes if p.poll() is None for pid in descendant_processes(p.pid)
+        }
         for proc in self.processes:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -212,7 +214,7 @@ class LocalDeployment:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(end - time.time(), 0.1))
         for pid in own | children:
-            if _alive(pid):
+            if process_alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         for proc in self.processes:

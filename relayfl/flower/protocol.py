@@ -17,11 +17,13 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from logging import INFO
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
+from flwr.common.logger import log
 from torch import Tensor
 
 from relayfl import topology
@@ -296,6 +298,10 @@ def relay_rounds(
         contents = {
             p: RecordDict({"config": config_record(settings), **incoming[p]}) for p in range(n)
         }
+        log(INFO, "")
+        log(
+            INFO, "[RELAY ROUND %s/%s]%s", min(rnd, total), total, " final average" if final else ""
+        )
         replies = exchange(rnd, contents)
         metrics = [dict(replies[p]["metrics"]) for p in range(n)]
         if rnd == 1 and x0 is None:
@@ -311,7 +317,14 @@ def relay_rounds(
             models = torch.stack([f for f, _ in flats])  # [n, d]
             layout = flats[0][1]
         if settings["evaluate"]:  # the model after rnd - 1 rounds
-            recorder.evaluated(rnd - 1, metrics, models)
+            e = recorder.evaluated(rnd - 1, metrics, models)
+            log(
+                INFO,
+                "\t└──> after %s rounds: mean accuracy %.4f, worst client %.4f",
+                rnd - 1,
+                e.mean_accuracy,
+                e.worst_accuracy,
+            )
         if not final:
             recorder.trained(metrics)
         if not final:

@@ -37,8 +37,10 @@ __all__ = [
     "CountingGrid",
     "FlowerRunError",
     "check_replies",
+    "descendant_processes",
     "last_line",
     "offline_env",
+    "process_alive",
     "run_simulation",
 ]
 
@@ -93,7 +95,7 @@ def offline_env(flwr_home: str | os.PathLike[str] | None = None) -> Iterator[str
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _descendants(root: int) -> dict[int, str]:
+def descendant_processes(root: int) -> dict[int, str]:
     """``{pid: command line}`` of every process below ``root`` (Linux ``/proc``)."""
     parent: dict[int, int] = {}
     cmd: dict[int, str] = {}
@@ -118,7 +120,8 @@ def _descendants(root: int) -> dict[int, str]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as ended)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -140,7 +143,7 @@ class _RayWatch:
         self._thread = threading.Thread(target=self._poll, args=(interval,), daemon=True)
 
     def _scan(self) -> None:
-        for pid, cmd in _descendants(os.getpid()).items():
+        for pid, cmd in descendant_processes(os.getpid()).items():
             if "ray" in cmd or "gcs_server" in cmd:
                 self.pids.add(pid)
 
@@ -166,10 +169,10 @@ def _shutdown_ray(pids: set[int], timeout: float = 15.0) -> None:
     if ray is not None and ray.is_initialized():
         ray.shutdown()
     end = time.time() + timeout
-    while any(_alive(p) for p in pids) and time.time() < end:
+    while any(process_alive(p) for p in pids) and time.time() < end:
         time.sleep(0.1)
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 

@@ -74,6 +74,10 @@ def run_relay(
         Seconds to wait for ``config.num_clients`` nodes to connect.
     poll_interval : float
         Seconds between polls for replies.
+    runtime : str
+        Recorded as ``RunResult.engine`` (``flower-simulation``, ``flower-deployment``).
+    started : float, optional
+        ``time.perf_counter()`` the run's ``wall_s`` counts from (default: now).
 
     Returns
     -------

@@ -8,7 +8,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.client import NumPyClient
 
-from relayfl.flower.runtime import _alive
+from relayfl.flower.runtime import descendant_processes, process_alive
 
 
 class LinearClient(NumPyClient):
@@ -47,19 +47,24 @@ def linear_client_fn(context: Context) -> NumPyClient:
 
 
 def flower_processes() -> dict[int, str]:
-    """Every live Ray or Flower process on this machine, ``{pid: command line}``."""
+    """Live Ray or Flower processes below this one or orphaned (re-parented to PID 1, as
+    Ray's workers are when Ray stops), ``{pid: command line}``."""
+    mine = descendant_processes(os.getpid())
     out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        pid = int(entry)
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
                 cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         markers = ("ray::", "raylet", "gcs_server", "flower-super", "flwr-")
-        if any(m in cmd for m in markers) and _alive(int(entry)):
-            out[int(entry)] = cmd[:120]
+        if any(m in cmd for m in markers) and (pid in mine or ppid == 1) and process_alive(pid):
+            out[pid] = cmd[:120]
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -24,6 +25,7 @@ from relayfl import RunConfig, simulate, topology
 from relayfl.errors import ConfigError, NotATreeError
 from relayfl.flower import PeerMixer, RelayClientApp, simulate_clients
 from relayfl.flower.protocol import route, to_key
+from relayfl.simulation import make_partitions
 
 
 def _flat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -223,3 +225,43 @@ def test_run_config_round_trips_through_flower_config() -> None:
     ConfigRecord(values)  # accepted by Flower
     assert RunConfig.from_flower(values) == config
     assert RunConfig.from_flower({"topology": "", "num-clients": 3}).topology is None
+
+
+def _context(partition: int, num: int, run_config: dict | None = None) -> Context:
+    return Context(
+        run_id=1,
+        node_id=partition + 1,
+        node_config={"partition-id": partition, "num-partitions": num},
+        state=RecordDict(),
+        run_config=run_config or {},
+    )
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_client_trains_its_partition_of_the_real_data() -> None:
+    """clients.fashion_mnist as a NumPyClient: partition from the node config, alpha and
+    seed from the run config, one local step on real Fashion-MNIST."""
+    from clients import fashion_mnist
+
+    ctx = _context(2, 4, {"alpha": 0.5, "seed": 1, "eval-limit": 200})
+    client = fashion_mnist.client_fn(ctx).numpy_client
+    params = client.get_parameters({})
+    new, num_examples, metrics = client.fit(params, {"server-round": 1, "local-steps": 1})
+    config = RunConfig(dataset="fashion-mnist", num_clients=4, alpha=0.5, seed=1)
+    task = fashion_mnist.task(config.replace(eval_limit=200))
+    assert num_examples == len(make_partitions(task, config)[2])
+    assert len(new) == len(params) and math.isfinite(metrics["train-loss"])
+    loss, n, ev = client.evaluate(new, {})
+    assert n == 200 and 0 <= ev["accuracy"] <= 1 and math.isfinite(loss)
+
+
+def test_cifar10_client_without_its_folder_names_the_fix() -> None:
+    """relayfl never downloads: the CIFAR-10 client asks for data-root."""
+    from clients import cifar10
+
+    client = cifar10.client_fn(_context(0, 2)).numpy_client
+    with pytest.raises(ConfigError, match="data-root"):
+        client.get_parameters({})

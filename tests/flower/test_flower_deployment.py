@@ -10,7 +10,7 @@ from flower_helpers import flower_processes
 from relayfl import RunConfig, simulate
 from relayfl.flower import app_dir
 from relayfl.flower.deployment import LocalDeployment
-from relayfl.flower.runtime import _alive
+from relayfl.flower.runtime import process_alive
 from relayfl.results import RunResult
 
 
@@ -29,7 +29,7 @@ def test_relay_on_a_real_superlink_with_two_supernodes(tmp_path: Path) -> None:
         assert dep.port is not None and len(dep.processes) == 3  # SuperLink + 2 SuperNodes
         run_config = {k: v for k, v in config.to_flower().items() if k in _KEYS}
         dep.run_app(app_dir(), {**run_config, "out": str(tmp_path / "out")}, timeout=240)
-    assert dep.started_pids and not any(_alive(p) for p in dep.started_pids)
+    assert dep.started_pids and not any(process_alive(p) for p in dep.started_pids)
     assert not set(flower_processes()) - before
 
     result = RunResult.load(tmp_path / "out")

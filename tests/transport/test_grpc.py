@@ -275,7 +275,7 @@ def test_hello_with_a_wrong_token_is_refused_on_the_data_stream() -> None:
 
 def test_send_to_a_dead_peer_is_dropped_and_reported() -> None:
     """A message for a peer that is gone is dropped (reported), never retried forever."""
-    server, client, rs, rc, _ = _pair()
+    server, client, _, rc, _ = _pair()
     client.status(0, STATUS, timeout=5)
     server.close()
     try:

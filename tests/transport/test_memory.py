@@ -25,6 +25,15 @@ from relayfl.worker import LocalWorker
 _TASK = None
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread in this process too (2 shared cores; restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _task():
     global _TASK
     if _TASK is None:
