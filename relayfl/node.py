@@ -52,25 +52,24 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import networkx as nx
-import numpy as np
 import torch
 from torch import Tensor
 
 from relayfl import rng, topology
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError, RelayflError, TransportError
-from relayfl.relay import RelayNode, message_dtype, pack, tree_slices, unpack
+from relayfl.relay import RelayNode, message_dtype, tree_slices, unpack
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
 from relayfl.transport.base import LinkSpec, Message, Rejected, Transport
 
 __all__ = [
     "NODE_ALGORITHMS",
+    "FlowerTrainer",
     "GossipNode",
     "Node",
     "NodeConfig",
     "NodeStopped",
-    "NumPyClientTrainer",
     "Trainer",
     "load_trainer",
     "run_id",
@@ -115,62 +114,70 @@ class NodeStopped(RelayflError):
     """The node was asked to stop (SIGTERM, or :meth:`Node.stop`) before the last step."""
 
 
-class NumPyClientTrainer:
-    """A Flower ``NumPyClient`` as a :class:`Trainer` (duck-typed; flwr is not imported).
+class FlowerTrainer:
+    """A Flower client as a :class:`Trainer`, through :mod:`relayfl.flower`'s adapter.
 
-    ``fit(parameters, config)`` does the local training of one communication round (the
-    config holds ``step``, ``local-steps`` and ``server-round``), ``evaluate`` gives the
-    loss and, from its metrics, ``accuracy``. Floating arrays are relayed, integer ones
-    stay local (:func:`relayfl.relay.pack`).
-
-    Parameters
-    ----------
-    client : NumPyClient-like
-        Has ``get_parameters(config)``, ``fit(parameters, config)`` and
-        ``evaluate(parameters, config)``.
+    Takes what :func:`relayfl.flower.client.as_trainer` takes: a ``client_fn(context)``
+    returning a ``NumPyClient`` (or ``Client``), a :class:`relayfl.flower.RelayClientApp`
+    such as ``clients.digits:app``, or a NumPyClient instance. The node keeps one Flower
+    ``Context`` (``partition-id`` = node id, ``run_config`` = the run's config) whose
+    ``state`` persists across rounds, as on a SuperNode. ``fit`` gets ``server-round``
+    (round + 1), ``local-steps`` and ``step``.
     """
 
-    def __init__(self, client: Any) -> None:
-        for method in ("get_parameters", "fit", "evaluate"):
-            if not callable(getattr(client, method, None)):
-                raise ConfigError(
-                    f"{type(client).__name__} has no {method}(); pass a Flower NumPyClient "
-                    "(get_parameters, fit, evaluate), a client_fn returning one, or a relayfl.Task"
-                )
-        self.client = client
-        arrays = [np.asarray(a) for a in client.get_parameters(config={})]
-        self._arrays = arrays
-        self.x0, self.layout = pack(
-            [(str(i), torch.from_numpy(np.ascontiguousarray(a))) for i, a in enumerate(arrays)]
-        )
+    def __init__(self, client: Any, config: RunConfig, node: int) -> None:
+        from relayfl.flower.client import as_trainer
+        from relayfl.flower.records import arrays_to_flat
+
+        if callable(getattr(client, "fit", None)) and callable(
+            getattr(client, "get_parameters", None)
+        ):
+            instance = client
+            client = lambda context: instance  # noqa: E731 - a client_fn for one client
+        self._trainer = as_trainer(client)
+        self.context = _flower_context(node, config)
+        self._base = dict(config.to_flower())
+        self._like = self._trainer.initial_arrays(self._base, self.context)
+        self.x0, self.layout = arrays_to_flat(self._like)
         self.num_samples = 0
 
-    def _parameters(self, x: Tensor) -> list[np.ndarray]:
-        named = unpack(x.detach().cpu(), self.layout)
-        return [named[str(i)].numpy() if str(i) in named else a for i, a in enumerate(self._arrays)]
+    def _arrays(self, x: Tensor) -> Any:
+        from relayfl.flower.records import flat_to_arrays
+
+        return flat_to_arrays(x.detach().cpu(), self.layout, self._like)
 
     def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
-        config = {"step": step, "local-steps": num_steps, "server-round": step + 1}
-        arrays, num_examples, metrics = self.client.fit(self._parameters(x), config)
-        self._arrays = [np.asarray(a) for a in arrays]
-        self.num_samples = int(num_examples)
-        flat, _ = pack(
-            [(str(i), torch.from_numpy(np.ascontiguousarray(a))) for i, a in enumerate(arrays)]
+        from relayfl.flower.records import arrays_to_flat
+
+        config = {
+            **self._base,
+            "server-round": step // num_steps + 1,
+            "local-steps": num_steps,
+            "step": step,
+        }
+        arrays, metrics = self._trainer.fit(self._arrays(x), config, self.context)
+        self._like = arrays
+        self.num_samples = int(metrics.get("num-examples", 0))
+        flat, _ = arrays_to_flat(arrays)
+        loss = next(
+            (metrics[k] for k in ("train-loss", "train_loss", "loss") if k in metrics), math.nan
         )
-        loss = (metrics or {}).get("loss", (metrics or {}).get("train_loss", math.nan))
         return flat.to(x.dtype), float(loss)
 
     def evaluate(self, x: Tensor) -> tuple[float, float]:
-        loss, _, metrics = self.client.evaluate(self._parameters(x), {})
-        metrics = metrics or {}
-        accuracy = metrics.get("accuracy", metrics.get("acc", math.nan))
-        return float(accuracy), float(loss)
+        ev = self._trainer.evaluate(self._arrays(x), self._base, self.context)
+        accuracy = next(
+            (ev[k] for k in ("accuracy", "eval-accuracy", "eval_accuracy", "acc") if k in ev),
+            math.nan,
+        )
+        return float(accuracy), float(ev.get("loss", math.nan))
 
     def state_dict(self) -> dict:
-        return {}
+        return {"context_state": self.context.state}
 
     def load_state_dict(self, state: dict) -> None:
-        """Client-side state is the client's own."""
+        if "context_state" in state:
+            self.context.state = state["context_state"]
 
 
 def _import(spec: str) -> Any:
@@ -196,25 +203,16 @@ def _import(spec: str) -> Any:
 
 
 def _flower_context(node: int, config: RunConfig) -> Any:
-    """A Flower ``Context`` for a ``client_fn`` (``partition-id`` = the node id)."""
-    node_config = {"partition-id": node, "num-partitions": config.num_clients}
-    run_config = {"seed": config.seed, "local-steps": config.local_steps, "lr": config.lr}
-    try:
-        from flwr.app import Context, RecordDict
+    """A Flower ``Context`` for node ``node`` (``partition-id`` = the node id)."""
+    from flwr.app import Context, RecordDict
 
-        return Context(
-            run_id=0,
-            node_id=node,
-            node_config=node_config,
-            state=RecordDict(),
-            run_config=run_config,
-        )
-    except ImportError:  # a plain stand-in when flwr is not installed
-        from types import SimpleNamespace
-
-        return SimpleNamespace(
-            run_id=0, node_id=node, node_config=node_config, state={}, run_config=run_config
-        )
+    return Context(
+        run_id=0,
+        node_id=node,
+        node_config={"partition-id": node, "num-partitions": config.num_clients},
+        state=RecordDict(),
+        run_config=dict(config.to_flower()),
+    )
 
 
 def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trainer:
@@ -225,11 +223,12 @@ def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trai
     client : str, object or None
         None: the built-in dataset of ``config`` on the simulator's
         :class:`~relayfl.worker.LocalWorker` (so the node reproduces the simulation).
-        ``"module:attribute"`` (or the object itself): a :class:`~relayfl.task.Task`, a
-        Flower ``NumPyClient``, or a factory returning either: ``client_fn(context)``
-        (Flower; ``context.node_config["partition-id"]`` is the node id),
-        ``fn(node_id, num_nodes)`` or ``fn()``. Factories run under
-        ``torch.manual_seed(config.seed)`` so every node builds the same initial model.
+        ``"module:attribute"`` (or the object itself): a :class:`~relayfl.task.Task` or a
+        factory returning one (``fn()`` or ``fn(node_id, num_nodes)``), which run on
+        ``LocalWorker``; or any Flower client :class:`FlowerTrainer` takes: a
+        ``client_fn(context)``, a ``RelayClientApp`` (the ready ``clients.digits:app``,
+        ...) or a ``NumPyClient``. Clients are built under ``torch.manual_seed(seed)``
+        so every node starts from the same initial model.
     config : RunConfig
     node : int
 
@@ -252,35 +251,41 @@ def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trai
     obj = _import(client) if isinstance(client, str) else client
     if isinstance(obj, Task):
         return LocalWorker(obj, config, node)
-    if callable(obj) and not callable(getattr(obj, "fit", None)):
-        try:
-            params = [
-                p
-                for p in inspect.signature(obj).parameters.values()
-                if p.default is inspect.Parameter.empty
-                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            ]
-        except (TypeError, ValueError):
-            params = []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            np_state = np.random.get_state()
-            np.random.seed(config.seed % 2**32)
-            try:
-                if len(params) >= 2:
-                    obj = obj(node, config.num_clients)
-                elif len(params) == 1:
-                    obj = obj(_flower_context(node, config))
-                else:
-                    obj = obj()
-            finally:
-                np.random.set_state(np_state)
-        if isinstance(obj, Task):
-            return LocalWorker(obj, config, node)
-    obj = getattr(obj, "numpy_client", obj)  # NumPyClient.to_client() wraps it
-    if isinstance(obj, Trainer):
+    if isinstance(obj, Trainer) and not callable(getattr(obj, "get_parameters", None)):
         return obj
-    return NumPyClientTrainer(obj)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if callable(obj) and not _is_flower_client(obj):  # a factory: fn() or fn(id, n)
+            made = obj(node, config.num_clients) if _positional(obj) >= 2 else obj()
+            if isinstance(made, Task):
+                return LocalWorker(made, config, node)
+            obj = made
+        return FlowerTrainer(obj, config, node)
+
+
+def _is_flower_client(obj: Any) -> bool:
+    """A ClientApp, a NumPyClient/Client, or a ``client_fn(context)``."""
+    if callable(getattr(obj, "fit", None)):
+        return True
+    try:
+        from flwr.clientapp import ClientApp
+    except ImportError:  # pragma: no cover - flwr is a dependency
+        return False
+    return isinstance(obj, ClientApp) or _positional(obj) == 1
+
+
+def _positional(fn: Any) -> int:
+    """How many positional arguments ``fn`` requires (-1 when it cannot be told)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return -1
+    return sum(
+        1
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
 
 
 # --------------------------------------------------------------------------------------

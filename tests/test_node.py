@@ -99,6 +99,17 @@ def test_deployment_equals_the_simulation(
 
 
 @pytest.mark.slow
+def test_deployed_flower_client_equals_the_simulation(tmp_path: Path) -> None:
+    """Nodes training the ready Flower client ``clients.digits:app`` (through
+    relayfl.flower's adapter; momentum kept in the Flower context) match the simulator."""
+    config = _config(topology="chain", num_clients=3, steps=8, eval_every=4)
+    result = _launch(config, _options(tmp_path, client="clients.digits:app"))
+    expected = simulate(config=config)
+    torch.testing.assert_close(result.models.float(), expected.models, rtol=0, atol=ATOL)
+    assert result.final.accuracies == pytest.approx(expected.final.accuracies, abs=1e-6)
+
+
+@pytest.mark.slow
 def test_injected_drops_deployed_run_finishes_like_the_simulator(tmp_path: Path) -> None:
     """10% seeded drops with fill=latest: the deployed run finishes, models as simulated."""
     config = _config(drop_probability=0.1, fill="latest", steps=16, eval_every=8)
@@ -110,6 +121,7 @@ def test_injected_drops_deployed_run_finishes_like_the_simulator(tmp_path: Path)
     assert result.extra["launch"]["mutual_tls"] is True
 
 
+@pytest.mark.slow
 def test_drops_with_latest_fill_keep_worst_client_accuracy_in_the_simulator() -> None:
     """Table 5's claim on digits: 10% dropped messages with fill="latest" cost the
     worst client at most ~2 points against the drop-free run (same seeds)."""
