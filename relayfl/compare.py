@@ -93,7 +93,7 @@ class CompareSpec:
         Any other :class:`RunConfig` field (snake_case or kebab-case keys).
     out : str
     quiet : bool
-        No per-run lines and no Flower INFO logs.
+        No per-run lines (Flower's own log is always kept to warnings here).
     """
 
     dataset: str = "digits"
@@ -295,7 +295,8 @@ def _summarise(runs: list[tuple[str, float, RunResult]]) -> list[dict[str, Any]]
 def _fedavg(spec: CompareSpec, config: RunConfig, task: Any) -> RunResult:
     from relayfl.flower import run_fedavg, task_app
 
-    return run_fedavg(task_app(spec.dataset), config, task=task, quiet=spec.quiet)
+    # Flower's INFO log (every round, every aggregate) would bury the table: warnings only
+    return run_fedavg(task_app(spec.dataset), config, task=task, quiet=True)
 
 
 def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print) -> CompareResult:
@@ -354,6 +355,9 @@ def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print)
 
 
 # ---------------------------------------------------------------------------- plots
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+
+
 def _figure(size: tuple[float, float]) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -399,9 +403,10 @@ def plot_accuracy_vs_round(result: CompareResult, path: str | Path) -> Path:
             if not runs:
                 continue
             rounds, mean, worst = _curves(runs)
-            color = f"C{j % 10}"
-            ax.plot(rounds, mean, color=color, label=f"{algorithm} (mean)")
-            ax.plot(rounds, worst, color=color, linestyle="--", label=f"{algorithm} (worst)")
+            style = {"color": f"C{j % 10}", "marker": _MARKERS[j % len(_MARKERS)]}
+            style.update(markersize=3, alpha=0.85)
+            ax.plot(rounds, mean, label=f"{algorithm} (mean)", **style)
+            ax.plot(rounds, worst, linestyle="--", label=f"{algorithm} (worst)", **style)
         ax.set_title(f"{spec.dataset}, {spec.clients} clients, alpha={_alpha_text(alpha)}")
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy")
@@ -424,7 +429,16 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
         rows = {r["alpha"]: r for r in result.summary if r["algorithm"] == algorithm}
         ys = [rows.get(_alpha_text(a), {}).get("worst_accuracy", math.nan) for a in alphas]
         es = [rows.get(_alpha_text(a), {}).get("worst_accuracy_std", 0.0) for a in alphas]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=f"C{j % 10}", label=algorithm)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=es,
+            marker=_MARKERS[j % len(_MARKERS)],
+            capsize=3,
+            alpha=0.85,
+            color=f"C{j % 10}",
+            label=algorithm,
+        )
     if finite and len(set(alphas)) > 1 and min(alphas) > 0:
         ax.set_xscale("log")
     else:

@@ -19,6 +19,7 @@ setting; relayfl's lines carry the end-to-end and steady-state ratios against Fl
 
     python simulations/benchmark_flower.py                     # local steps 1 and 5
     python simulations/benchmark_flower.py --local-steps 1 --rounds 20 --clients 16
+    python simulations/benchmark_flower.py --threads 1           # busy machine
 
 Timings depend on the machine and on what else runs on it.
 """
@@ -28,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
+import torch
 
 from relayfl import RunConfig, simulate
 from relayfl.task import builtin
@@ -90,7 +93,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--dataset", default="digits")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of relayfl's simulator (default: torch's; Flower's Ray actors "
+        "always run one thread each). On a busy machine 1 avoids oversubscription",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     task = builtin(args.dataset)
     params = sum(p.numel() for p in task.init_model(0).parameters())
     for ls in args.local_steps:
@@ -112,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             "local_steps": ls,
             "batch_size": args.batch_size,
             "parameters": params,
+            "relayfl_torch_threads": torch.get_num_threads(),
         }
         print(json.dumps({**flower, **common}), flush=True)
         print(

@@ -357,7 +357,7 @@ def report() -> None:
         "# Table 2 on Fashion-MNIST (CPU-sized)",
         "",
         provenance(
-            "python simulations/fashion_mnist.py tune|table2|report (two shards)",
+            "python simulations/fashion_mnist.py all --shard 0/2 (and 1/2), then report",
             SEEDS,
             budget,
             cells.wall_s(),
@@ -397,7 +397,7 @@ def report() -> None:
     ax.set_ylabel("worst-worker test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend()
+    ax.legend(loc="lower left")
     ax.set_title("Fashion-MNIST, 16 workers (mean over seeds)")
     fig.tight_layout()
     fig.savefig(out / "table2_worst_worker.png", dpi=110)
@@ -420,7 +420,7 @@ def report() -> None:
         "# Table 5 on Fashion-MNIST: message drops (CPU-sized)",
         "",
         provenance(
-            "python simulations/fashion_mnist.py table5 (two shards), then report",
+            "python simulations/fashion_mnist.py all --shard 0/2 (and 1/2), then report",
             SEEDS,
             f"{budget}; α = {TABLE5_ALPHA:g}, local momentum 0.9, learning rates from the "
             "Table 2 tuning; RelaySGD with the reference-state fill (--fill latest)",

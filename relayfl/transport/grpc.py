@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import select
 import socket
 import ssl
@@ -55,6 +56,7 @@ from relayfl.transport.base import (
     check_control,
     node_name,
 )
+from relayfl.transport.buffers import BufferPool
 from relayfl.transport.wire import (
     PREFIX,
     data_header,
@@ -324,6 +326,7 @@ class GrpcTransport:
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
         self.data_port = 0
+        self._pool = BufferPool()
         self.spec: LinkSpec
         self.handler: Handler
 
@@ -696,7 +699,10 @@ class GrpcTransport:
                 if not self._skip(conn, payload_len):
                     return
                 continue
-            tensor = torch.empty(header["shape"], dtype=dtype)
+            shape = header["shape"]
+            tensor = self._pool.get(math.prod(shape), dtype)  # no page faults per message
+            if tuple(tensor.shape) != shape:
+                tensor = tensor.view(shape)
             if not self._recv_payload(conn, tensor, payload_len, sender, source):
                 return
             self._count_received(PREFIX.size + header_len + payload_len)
