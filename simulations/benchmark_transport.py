@@ -48,7 +48,14 @@ def _emit(record: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- raw chain
 def _raw_node(
-    rank: int, ports: Any, ready: Any, params: int, steps: int, tls_dir: str | None, out: Any
+    rank: int,
+    ports: Any,
+    ready: Any,
+    done: Any,
+    params: int,
+    steps: int,
+    tls_dir: str | None,
+    out: Any,
 ) -> None:
     import numpy as np
 
@@ -110,6 +117,10 @@ def _raw_node(
             t.join()
         times.append(time.perf_counter() - start)
     out.put((rank, times))
+    # Close only when every process is done: a TLS client socket holds unread session
+    # tickets, and closing it then resets the connection, discarding data the peer has
+    # not read yet.
+    done.wait()
 
 
 def raw_chain(params: int, steps: int, tls_dir: str | None) -> list[float]:
@@ -117,10 +128,10 @@ def raw_chain(params: int, steps: int, tls_dir: str | None) -> list[float]:
     ctx = mp.get_context("spawn")
     manager = ctx.Manager()
     ports = manager.dict()
-    ready = manager.Event()
+    ready, done = manager.Event(), manager.Event()
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_raw_node, args=(k, ports, ready, params, steps, tls_dir, out))
+        ctx.Process(target=_raw_node, args=(k, ports, ready, done, params, steps, tls_dir, out))
         for k in range(CHAIN)
     ]
     for p in procs:
@@ -129,6 +140,7 @@ def raw_chain(params: int, steps: int, tls_dir: str | None) -> list[float]:
         time.sleep(0.05)
     ready.set()
     results = dict(out.get(timeout=600) for _ in procs)
+    done.set()
     for p in procs:
         p.join(60)
     manager.shutdown()
