@@ -109,7 +109,7 @@ def average(
     """
     if normalization == "world_size":
         missing = (n - C).to(S.dtype).unsqueeze(-1)  # [n, 1]
-        return (S + missing * fill) / n
+        return torch.addcmul(S, missing, fill).div_(n)  # (S + (n - C) * fill) / n
     if normalization == "counts":
         return S / C.to(S.dtype).unsqueeze(-1)
     return S / n
@@ -321,14 +321,18 @@ class RelaySum:
         keeps = list(keep) if isinstance(keep, (list, tuple)) else [keep] * len(self._relays)
         if len(self._relays) > 1 and isinstance(keep, Tensor):
             raise ConfigError("with several trees pass keep as a list, one mask per tree")
-        out = torch.empty_like(v)  # [n, d]
-        counts = []
-        for relay, sl, k in zip(self._relays, self._slices, keeps, strict=True):
-            S, C = relay.step(v[:, sl], k)  # [n, d_k], [n]
-            fill = self._fill_for(sl, v)
-            out[:, sl] = average(S, C, n, self.normalization, fill)
-            counts.append(C)
-        self.last_counts = torch.stack(counts)  # [trees, n]
+        if len(self._relays) == 1:  # one tree: no interleaving, no extra copy
+            S, C = self._relays[0].step(v, keeps[0])  # [n, d], [n]
+            out = average(S, C, n, self.normalization, self._fill_for(self._slices[0], v))
+            self.last_counts = C.unsqueeze(0)  # [1, n]
+        else:
+            out = torch.empty_like(v)  # [n, d]
+            counts = []
+            for relay, sl, k in zip(self._relays, self._slices, keeps, strict=True):
+                S, C = relay.step(v[:, sl], k)  # [n, d_k], [n]
+                out[:, sl] = average(S, C, n, self.normalization, self._fill_for(sl, v))
+                counts.append(C)
+            self.last_counts = torch.stack(counts)  # [trees, n]
         if self.normalization == "world_size" and self.fill_mode == "latest":
             self._fill = out.clone()  # x_hat <- x^(t+1): reference-state variant (1.2(1))
         return out
