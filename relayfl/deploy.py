@@ -29,7 +29,7 @@ _INSECURE_BANNER = (
 )
 
 
-def _add_node_options(p: argparse.ArgumentParser, *, launch: bool) -> None:
+def _add_node_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``node`` and ``launch`` (timeouts, security, client)."""
     g = p.add_argument_group("protocol")
     g.add_argument(
@@ -99,7 +99,6 @@ def _add_node_options(p: argparse.ArgumentParser, *, launch: bool) -> None:
         default=None,
         help="file holding the shared run token (or set RELAYFL_TOKEN)",
     )
-    del launch
 
 
 def add_commands(sub: argparse._SubParsersAction, add_run_options: Callable) -> None:
@@ -114,7 +113,8 @@ def add_commands(sub: argparse._SubParsersAction, add_run_options: Callable) -> 
     )
     node.add_argument("--id", dest="node_id", type=int, required=True, help="this node's id")
     add_run_options(node)
-    node.set_defaults(num_clients=None)
+    # real links drop and nodes die: fill with the node's own latest model (Table 5), not x0
+    node.set_defaults(num_clients=None, fill="latest")
     node.add_argument(
         "--config",
         default=None,
@@ -149,7 +149,7 @@ def add_commands(sub: argparse._SubParsersAction, add_run_options: Callable) -> 
     node.add_argument(
         "--peers-from-stdin", dest="peers_from_stdin", action="store_true", help=argparse.SUPPRESS
     )
-    _add_node_options(node, launch=False)
+    _add_node_options(node)
     node.set_defaults(handler=node_main)
 
     launch = sub.add_parser(
@@ -184,8 +184,8 @@ def add_commands(sub: argparse._SubParsersAction, add_run_options: Callable) -> 
         "--timeout", type=float, default=None, help="stop every node after this many seconds"
     )
     launch.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_node_options(launch, launch=True)
-    launch.set_defaults(handler=launch_main, mutual_tls=None, num_clients=None)
+    _add_node_options(launch)
+    launch.set_defaults(handler=launch_main, mutual_tls=None, num_clients=None, fill="latest")
     launch.add_argument(
         "--no-mutual-tls",
         dest="mutual_tls",

@@ -634,13 +634,18 @@ class Launcher:
         extra = result.extra
         for k in extra.get("launch", {}).get("killed", []):
             print(f"node {k['node']} was killed at step {k['step']} ({k['t']:.1f} s)")
+        for k in extra.get("launch", {}).get("restarted", []):
+            how = "with --resume" if k["resume"] else "from scratch"
+            print(f"node {k['node']} was restarted {how} ({k['t']:.1f} s)")
         for d in extra.get("dead", []):
             print(
                 f"node {d['declared_by']} declared neighbour {d['neighbor']} dead at step "
                 f"{d['step']}" + (f"; parts {d['parts']}" if len(d["parts"]) > 1 else "")
             )
+        if extra.get("revived"):
+            print(f"nodes {extra['revived']} rejoined; their neighbours restored the edges")
         if extra.get("parts") and len(extra["parts"]) > 1:
-            print(f"the tree split into parts {extra['parts']}")
+            print(f"the tree split into parts {extra['parts']} (they trained separately)")
         print(
             f"results written to {self.out}/ (results.json, evaluations.csv, "
             "learning_curve.png, partition.png; nodes/node-K/ for each node's logs)"

@@ -24,9 +24,13 @@ The protocol is step-synchronous and robust to timing:
   and the node reports how the tree splits. A neighbour that reports it is blocked on
   *another* peer extends the wait instead of being dropped, so a dead node costs its
   neighbours one ``dead_after``, not a cascade of timeouts.
-* **Resume.** A node restarted with ``resume=True`` loads its checkpoint, learns the
-  current step from its neighbours, skips ahead, and its neighbours restore the edge
-  (and resend the message it missed).
+* **Resume and rejoin.** A node restarted with ``resume=True`` loads its checkpoint,
+  learns the current step from its neighbours, skips ahead to the slowest one's step,
+  and its neighbours restore the edge (and resend what it missed). When parts of a
+  split tree meet again at different steps, the part behind catches up step by step
+  (dropping the edge to the part ahead) while the part ahead holds: nobody loses
+  training steps. Every status carries the step a node (re)started at, so nobody waits
+  for a step that a restarted node never makes.
 * **Checks.** Every received message is checked (run id, sender, tree, dtype, shape,
   count, step window, NaN/Inf) and a rejected one is logged in one line and never
   touches the model.
@@ -45,7 +49,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -396,17 +400,20 @@ class NodeRelay:
 
     def send(self, value: Tensor) -> dict[int, tuple[Tensor, float]]:
         """``{j: (m_{i->j}, c_{i->j})}`` for this step (section 1.1)."""
+        return {j: (m, c) for j, m, c in self.send_each(value)}
+
+    def send_each(self, value: Tensor) -> Iterator[tuple[int, Tensor, float]]:
+        """:meth:`send` one neighbour at a time, ``(j, m_{i->j}, c_{i->j})``, so each
+        message can be sent while the next is computed (run it to the end)."""
         v = value.detach().to(message_dtype(value.dtype))  # [d]
         self._v, self._sent = v, True
         c_inbox = sum(self._c)
         # t = v + inbox (v itself when nothing was received: v + 0)
         t = v if self._inbox is None else torch.add(v, self._inbox, out=self._new(v))  # [d]
-        out = {}
         for a, j in enumerate(self.neighbors):
             back = self._recv[a]
             m = t if back is None else torch.sub(t, back, out=self._new(v))  # t - 0 = t
-            out[j] = (m, 1 + c_inbox - self._c[a])
-        return out
+            yield j, m, 1 + c_inbox - self._c[a]
 
     def receive(self, messages: Mapping[int, tuple[Tensor, float] | None]) -> Tensor:
         """This step's average from the neighbours' messages (a missing one is dropped)."""
@@ -426,10 +433,12 @@ class NodeRelay:
         C = 1 + sum(self._c)
         n = self.num_nodes
         if self.normalization == "world_size":
-            missing = float(n - C)
-            if missing:
+            # relay.average: addcmul(S, n - C, fill).div_(n), same shapes, in place; with
+            # nothing missing the fused term is fma(0, fill, S) = S exactly: skipped
+            if n - C:
+                missing = torch.full((1, 1), float(n - C), dtype=v.dtype)  # [1, 1]
                 fill = self._fill.to(v.dtype)  # type: ignore[union-attr]
-                S.add_(torch.mul(fill, missing, out=self._new(v)))
+                S.view(1, -1).addcmul_(missing, fill)  # [1, d]
             S.div_(n)
             if self.fill_mode == "latest":
                 self._fill = S
@@ -445,13 +454,12 @@ class NodeRelay:
         if not present:
             self._inbox = None
             return
-        inbox = self._inbox if self._inbox is not None else self._new(present[0])
         if len(present) == 1:
-            inbox.copy_(present[0])
-        else:
-            torch.add(present[0], present[1], out=inbox)
-            for m in present[2:]:
-                inbox.add_(m)
+            self._inbox = present[0]  # 0 + m: the message itself, no copy
+            return
+        inbox = torch.add(present[0], present[1], out=self._new(present[0]))
+        for m in present[2:]:
+            inbox.add_(m)
         self._inbox = inbox
 
     def state_dict(self) -> dict[str, Tensor | None]:
@@ -580,6 +588,8 @@ class _Peer:
     blocked_at: float = -math.inf  # last seen waiting on someone else
     progress_at: float = -math.inf  # last bytes of a message arriving
     revived_at: float = -math.inf
+    advanced_at: float = -math.inf  # last time its step went up
+    stuck_at: float = -math.inf  # last seen waiting for an earlier message of ours
     need_resend: bool = False
     resent: set[int] = field(default_factory=set)  # steps already sent again
     in_flight: bool = False
@@ -597,7 +607,16 @@ def _clean_status(status: Any) -> dict[str, Any] | None:
         or not all(isinstance(v, list) and all(isinstance(w, int) for w in v) for v in lists)
     ):
         return None
-    return {"step": step, "phase": phase, "waiting_on": lists[0], "receiving": lists[1]}
+    since = status.get("since", 0)
+    if not isinstance(since, int) or isinstance(since, bool):
+        return None
+    return {
+        "step": step,
+        "phase": phase,
+        "waiting_on": lists[0],
+        "receiving": lists[1],
+        "since": since,
+    }
 
 
 class Node:
@@ -696,6 +715,9 @@ class Node:
             self.tree_neighbors = [set(gn.neighbors) for gn in self.gossips]
             self.msg_dtype = self.x0.dtype
         self.neighbors = sorted(set().union(*self.tree_neighbors))
+        # on trees a chain of "blocked on someone else" cannot loop back, so such waits
+        # need no cap; on gossip graphs with cycles they are capped
+        self._acyclic = all(nx.is_forest(g) for g in self.graphs)
         self.numels = [len(range(d)[sl]) for sl in self.slices]
         itemsize = torch.empty((), dtype=self.msg_dtype).element_size()
         self.run_id = run_id(config, self.graphs, options.run_name)
@@ -716,7 +738,8 @@ class Node:
         #: What this node sent in its last two steps, for a neighbour that missed it.
         self._outboxes: dict[int, dict[int, list[Message]]] = {}
         self._sent_at: dict[int, float] = {}
-        self._resend_after = max(3 * options.heartbeat, 1.0)
+        self._resend_after = 2 * options.heartbeat
+        self._since = 0  # the first step of this process's run (later after --resume)
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._fatal: BaseException | None = None
@@ -724,7 +747,6 @@ class Node:
         self._drops: Counter[str] = Counter()
         self._dead_log: list[dict[str, Any]] = []
         self._revived_log: list[dict[str, Any]] = []
-        self._skipped: list[dict[str, int]] = []
         self._last_warn: dict[tuple[str, str], tuple[float, int]] = {}
         self._events_lock = threading.Lock()
         self._jsonl = None
@@ -862,6 +884,7 @@ class Node:
                 "phase": self._phase,
                 "waiting_on": list(self._waiting_on),
                 "receiving": receiving,
+                "since": self._since,
             }
 
     def _saw(self, j: int, status: dict[str, Any]) -> None:
@@ -873,15 +896,16 @@ class Node:
                 return
             now = time.monotonic()
             p.last_seen = now
+            if status["step"] > p.status.get("step", -1):
+                p.advanced_at = now
             p.status = status
             p.done = status["phase"] == "done"
             waiting = set(status["waiting_on"])
-            if status["phase"] in ("start", "wait") and (
-                waiting - {self.id} or status["step"] < self._cur
-            ):
-                # blocked on another peer, or stuck on an earlier step (a message of ours
-                # was lost): it is not computing our message, so it extends our wait
-                p.blocked_at = now
+            if status["phase"] in ("start", "wait"):
+                if waiting - {self.id}:
+                    p.blocked_at = now  # blocked on another peer, not computing for us
+                elif status["step"] < self._cur:
+                    p.stuck_at = now  # waits for an earlier message of ours (resent below)
             if p.dead:
                 p.dead, revived = False, True
                 p.revived_at = now
@@ -1103,7 +1127,9 @@ class Node:
             now = time.monotonic()
             for p in self._peers.values():
                 p.last_seen = now  # the dead-after clock starts with the run
-        current = max(steps, default=0)
+        # rejoin with the slowest neighbour: those ahead hold until it catches up, and no
+        # neighbour waits for a step this node never makes
+        current = min(steps, default=0)
         start = 0
         if checkpoint is not None:
             start = max(int(checkpoint["round"]), current)
@@ -1134,6 +1160,7 @@ class Node:
             start = current
         with self._lock:
             self._cur = start
+            self._since = start
             self._waiting_on = []
         self._event("start", step=start)
         return start
@@ -1151,10 +1178,6 @@ class Node:
             if self._abort.is_set():
                 self._checkpoint(r, x)
                 raise NodeStopped(f"node {self.id} stopped at step {r}; resume with --resume")
-            ahead = self._neighbours_ahead(r)
-            if ahead is not None and ahead < total_rounds:
-                self._skip(r, ahead)
-                r = ahead
             s0 = r * L
             k = min(L, config.steps - s0)
             with self._lock:
@@ -1223,53 +1246,6 @@ class Node:
         )
         return result
 
-    def _neighbours_ahead(self, r: int) -> int | None:
-        """The step of the neighbours when some live one is two or more steps ahead.
-
-        That happens when parts of the tree ran at their own speed while split (a dead
-        node) or when this node is much slower: the messages it would wait for were sent,
-        and refused as too far ahead, long ago.
-        """
-        with self._lock:
-            steps = [
-                int(p.status["step"])
-                for p in self._peers.values()
-                if not p.dead and not p.done and p.status.get("phase") in ("train", "wait")
-            ]
-        top = max(steps, default=r)
-        return top if top >= r + 2 else None
-
-    def _skip(self, r: int, target: int) -> None:
-        """Jump from step ``r`` to the neighbours' step ``target`` without training the
-        steps between (as a resumed node does); relay buffers restart empty."""
-        if self.relay:
-            for relay in self.relays:
-                state = relay.state_dict()
-                if state["m"] is not None:
-                    relay.load_state_dict(
-                        {
-                            "m": torch.zeros_like(state["m"]),
-                            "c": torch.zeros_like(state["c"]),
-                            "fill": state["fill"],
-                        }
-                    )
-        with self._cv:
-            self._cur = target
-            for key in [key for key in self._inbox if key[0] < target]:
-                del self._inbox[key]
-        self._skipped.append({"from": r, "to": target})
-        self._event(
-            "skip",
-            step=r,
-            to=target,
-            level=logging.WARNING,
-            text=(
-                f"at step {r}, {target - r} steps behind a neighbour: skipping ahead to "
-                f"step {target} (parts of the tree ran at different speeds, or this node "
-                "is slow)"
-            ),
-        )
-
     def _communicate(self, r: int, mix_step: int, x_start: Tensor, x_half: Tensor) -> Tensor:
         """Send this round's messages, collect the neighbours', and mix (one round)."""
         if self.grad:
@@ -1277,29 +1253,27 @@ class Node:
         else:
             value = x_half  # [d]
         outbox: dict[int, list[Message]] = {j: [] for j in self.neighbors}
-        expected: list[tuple[int, int]] = []
-        for k, sl in enumerate(self.slices):
-            part = value[sl].contiguous()  # [d_k]
-            if self.relay:
-                for j, (m, c) in self.relays[k].send(part).items():
-                    outbox[j].append(Message(self.run_id, r, self.id, k, c, m.contiguous()))
-            else:
-                for j in self.gossips[k].neighbors:
-                    outbox[j].append(Message(self.run_id, r, self.id, k, 1.0, part))
-            expected.extend((k, j) for j in sorted(self.tree_neighbors[k]))
+        expected = [(k, j) for k in range(len(self.slices)) for j in sorted(self.tree_neighbors[k])]
         with self._lock:
-            self._outboxes[r] = outbox
+            self._outboxes[r] = outbox  # filled below; a resend takes what is there
             self._sent_at[r] = time.monotonic()
             for old in [k for k in self._outboxes if k < r - 1]:
                 del self._outboxes[old]
                 self._sent_at.pop(old, None)
-            self._phase = "wait"
             skip = {j for j, p in self._peers.items() if p.dead or p.done}
-        for j, messages in outbox.items():
-            if j in skip:
-                continue
-            for message in messages:
-                self.transport.send(j, message)
+        for k, sl in enumerate(self.slices):
+            part = value[sl].contiguous()  # [d_k]
+            if self.relay:
+                messages = self.relays[k].send_each(part)
+            else:
+                messages = ((j, part, 1.0) for j in self.gossips[k].neighbors)
+            for j, m, c in messages:  # each goes on the wire while the next is computed
+                message = Message(self.run_id, r, self.id, k, c, m.contiguous())
+                outbox[j].append(message)
+                if j not in skip:
+                    self.transport.send(j, message)
+        with self._lock:
+            self._phase = "wait"
         received = self._collect(r, expected)
         if self._abort.is_set():
             raise NodeStopped(f"node {self.id} stopped at step {r}; resume with --resume")
@@ -1355,13 +1329,19 @@ class Node:
     def _collect(self, r: int, expected: list[tuple[int, int]]) -> dict[tuple[int, int], Any]:
         """Wait for every expected ``(tree, sender)`` message of step ``r``.
 
-        A message is given up on (None) when its sender is dead or finished, or when it
-        misses ``step_timeout``; the clock restarts while the sender reports that it is
-        blocked on another peer (bounded by ``step_timeout + 2 dead_after``), while bytes
-        of its message are arriving, and when it comes back from the dead.
+        A message is given up on (None) at once when its sender is dead or finished, is
+        two or more steps ahead (it sent step ``r`` long ago, and it was refused as too
+        far ahead), or (re)started after step ``r``; otherwise when it misses
+        ``step_timeout``. That clock restarts while bytes of the message are arriving,
+        when the sender comes back from the dead, while the sender is behind and catching
+        up step by step (this node holds for it), while it reports being blocked on
+        another peer (on a tree such chains end at a timeout or a death, so no cap; on
+        graphs with cycles capped at ``step_timeout + 2 dead_after``), and while it waits
+        for an earlier message of ours that we resend (capped).
         """
         opts = self.options
         start = time.monotonic()
+        cap = opts.step_timeout + 2 * opts.dead_after
         got: dict[tuple[int, int], Any] = {}
         reasons: dict[int, str] = {}
         with self._cv:
@@ -1384,13 +1364,20 @@ class Node:
                         reason = "finished"
                     elif p.status.get("phase") in ("train", "wait") and p.status["step"] >= r + 2:
                         reason = "ahead"  # it sent step r long ago (refused as too far ahead)
+                    elif r < p.status.get("since", 0):
+                        reason = "skipped"  # it (re)started after step r: it never sends r
                     else:
                         ref = max(start, p.revived_at, p.progress_at)
                         if (
-                            p.blocked_at > ref
-                            and now - start < opts.step_timeout + 2 * opts.dead_after
+                            p.status.get("step", r) < r
+                            and p.status.get("phase") in ("train", "wait")
+                            and now - p.advanced_at < opts.step_timeout
                         ):
-                            ref = p.blocked_at
+                            ref = now  # behind us and catching up step by step: we hold
+                        elif p.blocked_at > ref and (self._acyclic or now - start < cap):
+                            ref = p.blocked_at  # blocked on another peer (bounded by its wait)
+                        elif p.stuck_at > ref and now - start < cap:
+                            ref = p.stuck_at  # waits for our resend
                         if now - ref > opts.step_timeout:
                             reason = "timeout"
                     if reason is not None:
@@ -1507,7 +1494,6 @@ class Node:
                 "rejected": dict(self._rejected),
                 "dead": list(self._dead_log),
                 "revived": list(self._revived_log),
-                "skipped": list(self._skipped),
                 "resumed": self._resumed,
                 "options": {
                     k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.options).items()

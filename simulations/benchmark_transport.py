@@ -7,6 +7,12 @@ training: the step is the communication and the relay arithmetic). The baseline 
 same bytes in the same pattern with plain sockets: every step each process sends one
 message to each neighbour and receives one from each, in parallel, then the step ends.
 
+Three chains are timed per mode (plaintext, then TLS with mutual authentication):
+``raw-*-chain`` (plain sockets), ``transport-*-chain`` (the same pattern through
+``GrpcTransport`` alone: framing, pooled receive buffers; the transport's own overhead)
+and ``relay-*-chain`` (whole node steps: transport, message checks and the RelaySum
+arithmetic, ~6 vector operations over the model per step).
+
 Also measured, for the design record: one 40 MB message between two processes as a gRPC
 unary call, as gRPC client streaming in 1 MiB chunks, and with our framing.
 
@@ -139,6 +145,80 @@ def raw_chain(params: int, steps: int, tls_dir: str | None) -> list[float]:
     while len(ports) < CHAIN:
         time.sleep(0.05)
     ready.set()
+    results = dict(out.get(timeout=600) for _ in procs)
+    done.set()
+    for p in procs:
+        p.join(60)
+    manager.shutdown()
+    return [max(results[k][s] for k in range(CHAIN)) for s in range(steps)]
+
+
+# --------------------------------------------------------------------------- transport chain
+def _transport_node(
+    rank: int, book: Any, done: Any, params: int, steps: int, tls_dir: str | None, out: Any
+) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from relayfl.certs import load_tls
+    from relayfl.transport.base import LinkSpec, Message
+    from relayfl.transport.grpc import GrpcTransport
+
+    neighbours = [j for j in (rank - 1, rank + 1) if 0 <= j < CHAIN]
+    got: dict[int, set[int]] = {}
+    cv = threading.Condition()
+
+    class Inbox:
+        def on_message(self, m: Message) -> None:
+            with cv:
+                got.setdefault(m.step, set()).add(m.sender)
+                cv.notify_all()
+
+        def on_status(self, s: int, st: dict) -> dict:
+            return {"step": 0, "phase": "start", "waiting_on": []}
+
+        def on_reject(self, *a: Any) -> None:
+            print("rejected", a, file=sys.stderr)
+
+        def on_progress(self, s: int) -> None: ...
+
+        def on_send_failed(self, p: int, s: int) -> None:
+            print("send failed", p, s, file=sys.stderr)
+
+    tls = load_tls(tls_dir, rank) if tls_dir else None
+    t = GrpcTransport(tls=tls, mutual_tls=tls is not None)
+    spec = LinkSpec(rank, "bench", frozenset(neighbours), "tok", params * 4)
+    book[rank] = t.start(spec, Inbox())["control"]
+    while len(book) < CHAIN:
+        time.sleep(0.02)
+    t.set_peers({j: book[j] for j in neighbours})
+    while not all(t.status(j, {"step": 0, "phase": "start"}, 5) for j in neighbours):
+        time.sleep(0.1)
+    payload = torch.rand(params)
+    times = []
+    for step in range(steps):
+        start = time.perf_counter()
+        for j in neighbours:
+            t.send(j, Message("bench", step, rank, 0, 1.0, payload))
+        with cv:
+            cv.wait_for(lambda step=step: got.get(step, set()) >= set(neighbours), 600)
+        times.append(time.perf_counter() - start)
+    out.put((rank, times))
+    done.wait()
+    t.close()
+
+
+def transport_chain(params: int, steps: int, tls_dir: str | None) -> list[float]:
+    """Per-step seconds (max over the processes) of the chain on GrpcTransport alone."""
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    book, done, out = manager.dict(), manager.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_transport_node, args=(k, book, done, params, steps, tls_dir, out))
+        for k in range(CHAIN)
+    ]
+    for p in procs:
+        p.start()
     results = dict(out.get(timeout=600) for _ in procs)
     done.set()
     for p in procs:
@@ -377,10 +457,12 @@ def main() -> None:
         modes.append(("tls", cert_dir))
     for mode, tls_dir in modes:
         raw = raw_chain(params, total, tls_dir)[warm:]
+        transport = transport_chain(params, total, tls_dir)[warm:]
         relay, sent = relay_chain(params, total, tls_dir)
         relay = relay[warm:]
         raw_ms = statistics.median(raw) * 1000
         relay_ms = statistics.median(relay) * 1000
+        transport_ms = statistics.median(transport) * 1000
         base = "raw-tcp" if tls_dir is None else "raw-tls"
         _emit(
             {
@@ -391,6 +473,18 @@ def main() -> None:
                 "step_ms": round(raw_ms, 1),
                 "messages_per_s_per_link": round(1000 / raw_ms, 2),
                 "mb_per_s_per_link": round(mb * 1000 / raw_ms, 1),
+            }
+        )
+        _emit(
+            {
+                "bench": f"transport-{mode}-chain",
+                "nodes": CHAIN,
+                "params": params,
+                "mb_per_message": mb,
+                "step_ms": round(transport_ms, 1),
+                "messages_per_s_per_link": round(1000 / transport_ms, 2),
+                "mb_per_s_per_link": round(mb * 1000 / transport_ms, 1),
+                f"ratio_vs_{base}": round(transport_ms / raw_ms, 2),
             }
         )
         _emit(

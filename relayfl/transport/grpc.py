@@ -12,10 +12,12 @@ Two channels per pair of neighbours, as ``relayfl node`` deploys them:
   tensor (no copy, no size limit besides the run's own message size).
 
 Why not the tensors on gRPC too: on a 2-core machine, loopback, 40 MB per message,
-gRPC Python cost 98-125 ms per message (unary or client streaming, 256 KiB to 4 MiB
-chunks; the receiver copies every chunk) against 9.5 ms for a raw socket, and with TLS
-~100 ms against 41 ms for Python's ``ssl``; ``simulations/benchmark_transport.py``
-measures the relay itself.
+gRPC Python cost 64-130 ms per message (unary, or client streaming in 256 KiB to 4 MiB
+chunks; the receiver copies every chunk) against ~10 ms for a raw socket and 12-16 ms
+for this framing; with TLS ~100 ms against 41 ms for Python's ``ssl``. In the 4-process
+chain of ``simulations/benchmark_transport.py`` this transport is 1.2-1.4x raw TCP and
+1.0-1.3x raw TLS per step (the receiver reads into reused buffers: a fresh 40 MB tensor
+costs ~45 ms of page faults).
 
 Security: ``tls`` (a :class:`~relayfl.certs.TlsFiles`) turns on TLS on both channels;
 peers are checked to present node ``j``'s certificate (``relayfl-node-j``) when we
