@@ -94,4 +94,4 @@ def test_default_demo_runs_and_learns(tmp_path: Path) -> None:
     proc = _run(["simulate", "--out", str(tmp_path), "--quiet"], timeout=300)
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["evaluations"][-1]["worst_accuracy"] > 0.8  # measured 0.9694
+    assert data["evaluations"][-1]["worst_accuracy"] > 0.8  # measured 0.975 (seed 0)
