@@ -43,5 +43,5 @@ def client_fn(context: Context) -> Client:
     return TaskClient(DATASET, context).to_client()
 
 
-#: The ClientApp (``flwr run`` component ``clients.cifar10.app``).
+#: The ClientApp (``flwr run`` component ``clients.cifar10:app``).
 app = RelayClientApp(client_fn=client_fn)
