@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -353,137 +353,6 @@ class GossipNode:
         return acc.div_(total) if renormalize else acc
 
 
-class NodeRelay:
-    """One worker's RelaySum on one tree, without temporaries: for large models.
-
-    The operations of :class:`relayfl.relay.RelayNode`, in the same order (so the
-    results are bit for bit the same, checked in ``tests/transport/test_memory.py``),
-    but with no ``[k, d]`` stacks and no zero-filled buffers: messages received are kept
-    by reference, and every new tensor comes from a :class:`BufferPool`. At 10M
-    parameters that is ~30 ms per step instead of ~600 ms on a 2-core machine. The
-    vectors it returns must not be modified in place (the latest fill may be one).
-
-    Parameters
-    ----------
-    tree : networkx.Graph
-    node : int
-    normalization, initial, fill : see :class:`relayfl.relay.RelayNode`
-    pool : BufferPool, optional
-    """
-
-    def __init__(
-        self,
-        tree: nx.Graph,
-        node: int,
-        *,
-        normalization: str = "world_size",
-        initial: Tensor | None = None,
-        fill: str = "initial",
-        pool: BufferPool | None = None,
-    ) -> None:
-        RelayNode(tree, node, normalization=normalization, initial=initial, fill=fill)  # type: ignore[arg-type]  # validates
-        self.node = node
-        self.num_nodes = tree.number_of_nodes()
-        self.neighbors: list[int] = sorted(int(j) for j in tree.neighbors(node))
-        self.normalization, self.fill_mode = normalization, fill
-        self.pool = pool or BufferPool()
-        self._fill = None if initial is None else initial.detach().clone()
-        self._recv: list[Tensor | None] = [None] * len(self.neighbors)  # m_{j->i} at t-1
-        self._c: list[float] = [0.0] * len(self.neighbors)
-        self._inbox: Tensor | None = None  # sum of _recv
-        self._v: Tensor | None = None
-        self._sent = False
-        self.last_count = 1.0
-
-    def _new(self, like: Tensor) -> Tensor:
-        return self.pool.get(like.numel(), like.dtype)
-
-    def send(self, value: Tensor) -> dict[int, tuple[Tensor, float]]:
-        """``{j: (m_{i->j}, c_{i->j})}`` for this step (section 1.1)."""
-        return {j: (m, c) for j, m, c in self.send_each(value)}
-
-    def send_each(self, value: Tensor) -> Iterator[tuple[int, Tensor, float]]:
-        """:meth:`send` one neighbour at a time, ``(j, m_{i->j}, c_{i->j})``, so each
-        message can be sent while the next is computed (run it to the end)."""
-        v = value.detach().to(message_dtype(value.dtype))  # [d]
-        self._v, self._sent = v, True
-        c_inbox = sum(self._c)
-        # t = v + inbox (v itself when nothing was received: v + 0)
-        t = v if self._inbox is None else torch.add(v, self._inbox, out=self._new(v))  # [d]
-        for a, j in enumerate(self.neighbors):
-            back = self._recv[a]
-            m = t if back is None else torch.sub(t, back, out=self._new(v))  # t - 0 = t
-            yield j, m, 1 + c_inbox - self._c[a]
-
-    def receive(self, messages: Mapping[int, tuple[Tensor, float] | None]) -> Tensor:
-        """This step's average from the neighbours' messages (a missing one is dropped)."""
-        v = self._v
-        if v is None:
-            raise ConfigError("NodeRelay.receive before send; call send(value) first")
-        for a, j in enumerate(self.neighbors):
-            got = messages.get(j)
-            self._recv[a] = None if got is None else got[0].to(v.dtype)
-            self._c[a] = 0.0 if got is None else float(got[1])
-        self._sum_inbox()
-        S = self._new(v)
-        if self._inbox is None:
-            S.copy_(v)
-        else:
-            torch.add(v, self._inbox, out=S)  # [d]
-        C = 1 + sum(self._c)
-        n = self.num_nodes
-        if self.normalization == "world_size":
-            # relay.average: addcmul(S, n - C, fill).div_(n), same shapes, in place; with
-            # nothing missing the fused term is fma(0, fill, S) = S exactly: skipped
-            if n - C:
-                missing = torch.full((1, 1), float(n - C), dtype=v.dtype)  # [1, 1]
-                fill = self._fill.to(v.dtype)  # type: ignore[union-attr]
-                S.view(1, -1).addcmul_(missing, fill)  # [1, d]
-            S.div_(n)
-            if self.fill_mode == "latest":
-                self._fill = S
-        elif self.normalization == "counts":
-            S.div_(C)
-        else:
-            S.div_(n)
-        self.last_count = C
-        return S
-
-    def _sum_inbox(self) -> None:
-        present = [m for m in self._recv if m is not None]
-        if not present:
-            self._inbox = None
-            return
-        if len(present) == 1:
-            self._inbox = present[0]  # 0 + m: the message itself, no copy
-            return
-        inbox = torch.add(present[0], present[1], out=self._new(present[0]))
-        for m in present[2:]:
-            inbox.add_(m)
-        self._inbox = inbox
-
-    def state_dict(self) -> dict[str, Tensor | None]:
-        """As :meth:`relayfl.relay.RelayNode.state_dict`: ``m`` [k, d], ``c`` [k], ``fill``."""
-        if not self._sent and all(m is None for m in self._recv):
-            return {"m": None, "c": None, "fill": self._fill}
-        like = self._v if self._v is not None else next(m for m in self._recv if m is not None)
-        m = torch.stack([torch.zeros_like(like) if r is None else r for r in self._recv])
-        return {"m": m, "c": torch.tensor(self._c, dtype=like.dtype), "fill": self._fill}
-
-    def load_state_dict(self, state: Mapping[str, Tensor | None]) -> None:
-        m, c = state["m"], state["c"]
-        self._fill = state["fill"]
-        if m is None or c is None:
-            self._recv = [None] * len(self.neighbors)
-            self._c = [0.0] * len(self.neighbors)
-        else:
-            self._recv = [None if not bool(row.any()) else row.clone() for row in m]
-            self._c = [float(x) for x in c]
-            self._sent = True
-        self._inbox = None
-        self._sum_inbox()
-
-
 def split_parts(graphs: Sequence[nx.Graph], dead: set[int]) -> list[list[int]]:
     """The parts a topology splits into when the ``dead`` nodes are removed.
 
@@ -698,13 +567,13 @@ class Node:
                 topology.require_tree(g)
             norm = config.normalization or ("sum" if self.grad else "world_size")
             self.relays = [
-                NodeRelay(
+                RelayNode(
                     g,
                     me,
-                    normalization=norm,
+                    normalization=norm,  # type: ignore[arg-type]
                     initial=self.x0[sl].contiguous() if norm == "world_size" else None,
-                    fill=config.fill,
-                    pool=self._pool,
+                    fill=config.fill,  # type: ignore[arg-type]
+                    alloc=self._pool.like,
                 )
                 for g, sl in zip(self.graphs, self.slices, strict=True)
             ]

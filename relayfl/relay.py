@@ -18,7 +18,7 @@ directed edge, ``S``/``C`` a worker's sum and count, ``n`` workers, ``d`` flat l
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -51,7 +51,9 @@ FILLS: tuple[str, ...] = ("initial", "latest")
 # --------------------------------------------------------------------------------------
 # The math (sections 1.1-1.2), shared by the stacked and the one-node views
 # --------------------------------------------------------------------------------------
-def outgoing(total: Tensor, back: Tensor, c_total: Tensor, c_back: Tensor) -> tuple[Tensor, Tensor]:
+def outgoing(
+    total: Tensor, back: Tensor, c_total: Tensor, c_back: Tensor, *, out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Messages and counts a sender puts on its edges (ALGORITHM.md section 1.1).
 
     ``m_{i->j} = v_i + sum_{k in N_i} m_{k->i} - m_{j->i}``: the sender's fresh value
@@ -66,15 +68,19 @@ def outgoing(total: Tensor, back: Tensor, c_total: Tensor, c_back: Tensor) -> tu
         row per outgoing edge.
     back, c_back : Tensor[e, d], Tensor[e]
         The message (count) the recipient sent to the sender at step t-1.
+    out : Tensor[e, d], optional
+        Where to write the messages (saves an allocation).
 
     Returns
     -------
     m, c : Tensor[e, d], Tensor[e]
     """
-    return total - back, c_total - c_back
+    return torch.sub(total, back, out=out), c_total - c_back
 
 
-def combine(v: Tensor, received: Tensor, c_received: Tensor) -> tuple[Tensor, Tensor]:
+def combine(
+    v: Tensor, received: Tensor, c_received: Tensor, *, out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """A worker's sum and count after receiving (section 1.2).
 
     ``S_i = v_i + sum_j m_{j->i}`` and ``C_i = 1 + sum_j c_{j->i}``.
@@ -84,12 +90,20 @@ def combine(v: Tensor, received: Tensor, c_received: Tensor) -> tuple[Tensor, Te
     v : Tensor[n, d]
     received, c_received : Tensor[n, d], Tensor[n]
         Sum over neighbours of the messages (counts) that arrived this step.
+    out : Tensor[n, d], optional
+        Where to write the sums (saves an allocation).
     """
-    return v + received, 1 + c_received
+    return torch.add(v, received, out=out), 1 + c_received
 
 
 def average(
-    S: Tensor, C: Tensor, n: int, normalization: Normalization, fill: Tensor | None = None
+    S: Tensor,
+    C: Tensor | float,
+    n: int,
+    normalization: Normalization,
+    fill: Tensor | None = None,
+    *,
+    inplace: bool = False,
 ) -> Tensor:
     """Turn a RelaySum sum into an average (section 1.2, the three normalisations).
 
@@ -97,8 +111,8 @@ def average(
     ----------
     S : Tensor[n, d]
         Sums ``S_i``.
-    C : Tensor[n]
-        Counts ``C_i``: how many workers' values ``S_i`` holds.
+    C : Tensor[n] or float
+        Counts ``C_i``: how many workers' values ``S_i`` holds (a float for one worker).
     n : int
         World size.
     normalization : {"world_size", "counts", "sum"}
@@ -106,13 +120,23 @@ def average(
         ``S / C``; ``sum``: ``S / n`` (RelaySum/Grad, missing workers count as 0).
     fill : Tensor[d] or Tensor[n, d], optional
         Stand-in for workers that have not arrived; required for ``world_size``.
+    inplace : bool, default False
+        Overwrite ``S`` with the result instead of allocating.
     """
+    if not isinstance(C, Tensor):  # one worker: a Python count, S is [1, d]
+        if normalization == "world_size" and n - C == 0:
+            # nothing missing: addcmul(S, 0, fill) is S bit for bit, so skip the pass
+            return S.div_(n) if inplace else S / n
+        C = torch.full((S.shape[0],), float(C), dtype=S.dtype, device=S.device)  # [1]
     if normalization == "world_size":
         missing = (n - C).to(S.dtype).unsqueeze(-1)  # [n, 1]
+        if inplace:
+            return S.addcmul_(missing, fill).div_(n)
         return torch.addcmul(S, missing, fill).div_(n)  # (S + (n - C) * fill) / n
     if normalization == "counts":
-        return S / C.to(S.dtype).unsqueeze(-1)
-    return S / n
+        div = C.to(S.dtype).unsqueeze(-1)  # [n, 1]
+        return S.div_(div) if inplace else S / div
+    return S.div_(n) if inplace else S / n
 
 
 def message_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -365,7 +389,10 @@ class RelayNode:
     The node keeps the messages it received at the previous step. Per step it calls
     :meth:`send` to get what to put on each edge, then :meth:`receive` with what its
     neighbours sent in the same step, which returns its average. The math is the same
-    :func:`outgoing` / :func:`combine` / :func:`average` as :class:`RelaySum`.
+    :func:`outgoing` / :func:`combine` / :func:`average` as :class:`RelaySum` (a test
+    checks the two views agree to 1e-12), written for large models: no ``[k, d]``
+    stacks, no zero-filled buffers, received messages kept by reference, and every new
+    vector taken from ``alloc`` (a deployed node passes a buffer pool).
 
     Parameters
     ----------
@@ -376,6 +403,16 @@ class RelayNode:
     normalization, fill : see :class:`RelaySum`
     initial : Tensor[d], optional
         The shared ``x0`` (required for ``world_size``).
+    alloc : callable, optional
+        ``alloc(like)`` returns an uninitialised tensor shaped like ``like`` that nobody
+        else holds (default :func:`torch.empty_like`).
+
+    Notes
+    -----
+    Messages returned by :meth:`send` and those passed to :meth:`receive` are read,
+    never written: one tensor may go to several neighbours, and received ones are kept
+    until the next step. The value given to :meth:`send` must stay unchanged until
+    :meth:`receive` returns; the average :meth:`receive` returns belongs to the caller.
     """
 
     def __init__(
@@ -386,6 +423,7 @@ class RelayNode:
         normalization: Normalization = "world_size",
         initial: Tensor | None = None,
         fill: Fill = "initial",
+        alloc: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         tree = _topology.require_tree(tree)
         _check_mode(normalization, fill, initial)
@@ -393,12 +431,17 @@ class RelayNode:
             raise ConfigError(f"node {node} is not in the tree (nodes 0..{len(tree) - 1})")
         self.node = node
         self.num_nodes = tree.number_of_nodes()
-        self.neighbors: list[int] = sorted(tree.neighbors(node))
+        self.neighbors: list[int] = sorted(int(j) for j in tree.neighbors(node))
         self.normalization = normalization
         self.fill_mode = fill
+        self._alloc = alloc or torch.empty_like
         self._fill = None if initial is None else initial.detach().clone()
-        self._m: Tensor | None = None  # [k, d]: m_{j->i} received at t-1, neighbour order
-        self._c: Tensor | None = None  # [k]
+        k = len(self.neighbors)
+        self._m: list[Tensor | None] = [None] * k  # m_{j->i} received at t-1 (None: zero)
+        self._c: list[float] = [0.0] * k  # c_{j->i} received at t-1
+        self._inbox: Tensor | None = None  # sum of self._m (None: zero)
+        self._v: Tensor | None = None  # the value shared at this step
+        self.last_count = 1.0  # C_i of the latest step
 
     def send(self, value: Tensor) -> dict[int, tuple[Tensor, float]]:
         """Messages for each neighbour at this step: ``{j: (m_{i->j}, c_{i->j})}``.
@@ -408,15 +451,25 @@ class RelayNode:
         value : Tensor[d]
             What this worker shares at this step.
         """
-        v = value.to(message_dtype(value.dtype))  # [d]
-        k = len(self.neighbors)
-        if self._m is None:
-            self._m = v.new_zeros(k, v.shape[0])  # [k, d]
-            self._c = v.new_zeros(k)  # [k]
+        return {j: (m, c) for j, m, c in self.send_each(value)}
+
+    def send_each(self, value: Tensor) -> Iterator[tuple[int, Tensor, float]]:
+        """:meth:`send` one neighbour at a time, ``(j, m_{i->j}, c_{i->j})``, so each
+        message can go out while the next is computed (run it to the end)."""
+        v = value.detach().to(message_dtype(value.dtype))  # [d]
         self._v = v
-        total, c_total = combine(v, self._m.sum(0), self._c.sum())  # [d], []
-        m, c = outgoing(total.expand(k, -1), self._m, c_total.expand(k), self._c)  # [k, d], [k]
-        return {j: (m[a], float(c[a])) for a, j in enumerate(self.neighbors)}
+        c_inbox = sum(self._c)
+        if self._inbox is None:  # nothing arrived at t-1: total = v + 0, a copy of v
+            total, c_total = self._alloc(v).copy_(v), 1 + c_inbox
+        else:
+            total, c_total = combine(v, self._inbox, c_inbox, out=self._alloc(v))  # [d]
+        for a, j in enumerate(self.neighbors):
+            back, c_back = self._m[a], self._c[a]
+            if back is None:  # total - 0 = total, no copy
+                yield j, total, c_total - c_back
+            else:
+                m, c = outgoing(total, back, c_total, c_back, out=self._alloc(v))  # [d]
+                yield j, m, c
 
     def receive(self, messages: Mapping[int, tuple[Tensor, float] | None]) -> Tensor:
         """Take this step's messages from the neighbours and return the average.
@@ -432,29 +485,57 @@ class RelayNode:
         Tensor[d]
         """
         v = self._v
-        k = len(self.neighbors)
-        m = v.new_zeros(k, v.shape[0])  # [k, d]
-        c = v.new_zeros(k)  # [k]
+        if v is None:
+            raise ConfigError("RelayNode.receive before send; call send(value) first")
         for a, j in enumerate(self.neighbors):
             got = messages.get(j)
-            if got is not None:
-                m[a] = got[0].to(v.dtype)
-                c[a] = float(got[1])
-        self._m, self._c = m, c
-        S, C = combine(v.unsqueeze(0), m.sum(0, keepdim=True), c.sum().reshape(1))  # [1, d]
+            self._m[a] = None if got is None else got[0].to(v.dtype)
+            self._c[a] = 0.0 if got is None else float(got[1])
+        self._sum_inbox()
+        c_inbox = sum(self._c)
+        if self._inbox is None:
+            S, C = self._alloc(v).copy_(v), 1 + c_inbox
+        else:
+            S, C = combine(v, self._inbox, c_inbox, out=self._alloc(v))  # [d], float
         fill = None if self._fill is None else self._fill.to(v.dtype)
-        out = average(S, C, self.num_nodes, self.normalization, fill)[0]  # [d]
+        out = average(S.view(1, -1), C, self.num_nodes, self.normalization, fill, inplace=True)
         if self.normalization == "world_size" and self.fill_mode == "latest":
-            self._fill = out.clone()
-        self.last_count = float(C[0])
-        return out
+            self._fill = self._alloc(v).copy_(out[0])  # the caller owns what we return
+        self.last_count = C
+        return S
+
+    def _sum_inbox(self) -> None:
+        present = [m for m in self._m if m is not None]
+        if not present:
+            self._inbox = None
+        elif len(present) == 1:
+            self._inbox = present[0]  # 0 + m: the message itself, no copy
+        else:
+            inbox = torch.add(present[0], present[1], out=self._alloc(present[0]))
+            for m in present[2:]:
+                inbox.add_(m)
+            self._inbox = inbox
 
     def state_dict(self) -> dict[str, Tensor | None]:
-        """The relay buffers (for checkpoints): received messages, counts, fill."""
-        return {"m": self._m, "c": self._c, "fill": self._fill}
+        """The relay buffers (for checkpoints): ``m`` [k, d] and ``c`` [k] received at the
+        latest step (``None`` before any), and the fill."""
+        present = [m for m in self._m if m is not None]
+        if not present:
+            return {"m": None, "c": None, "fill": self._fill}
+        m = torch.stack([torch.zeros_like(present[0]) if r is None else r for r in self._m])
+        return {"m": m, "c": torch.tensor(self._c, dtype=m.dtype), "fill": self._fill}
 
     def load_state_dict(self, state: Mapping[str, Tensor | None]) -> None:
-        self._m, self._c, self._fill = state["m"], state["c"], state["fill"]
+        m, c = state["m"], state["c"]
+        self._fill = state["fill"]
+        if m is None or c is None:
+            self._m = [None] * len(self.neighbors)
+            self._c = [0.0] * len(self.neighbors)
+        else:
+            # an all-zero row is a message that did not arrive (zero either way)
+            self._m = [row.clone() if bool(row.any()) else None for row in m]
+            self._c = [float(x) for x in c]
+        self._sum_inbox()
 
 
 # --------------------------------------------------------------------------------------

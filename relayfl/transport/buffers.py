@@ -67,3 +67,7 @@ class BufferPool:
             if len(kept) < self.per_size:
                 kept.append(t)
             return t
+
+    def like(self, tensor: Tensor) -> Tensor:
+        """A free 1-D buffer with ``tensor``'s length and dtype (for ``RelayNode(alloc=)``)."""
+        return self.get(tensor.numel(), tensor.dtype)

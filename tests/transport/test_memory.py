@@ -116,13 +116,16 @@ def test_nodes_in_memory_equal_the_simulation(algorithm: str, topo: str, drop: f
 
 @pytest.mark.parametrize("fill", ["initial", "latest"])
 @pytest.mark.parametrize("normalization", ["world_size", "counts", "sum"])
-def test_node_relay_is_bitwise_relay_node_with_drops_and_checkpoints(
+def test_pooled_relay_node_is_bitwise_the_plain_one_with_drops_and_checkpoints(
     fill: str, normalization: str
 ) -> None:
-    """The node's allocation-free relay does RelayNode's operations in RelayNode's order
-    (bit for bit), through drops and a state_dict round trip."""
-    from relayfl.node import NodeRelay
+    """RelayNode on the node's buffer pool (buffers reused across steps) gives the same
+    bits as RelayNode with fresh tensors, through drops and a state_dict round trip
+    into fresh objects; so reusing buffers never corrupts a message still held."""
     from relayfl.relay import RelayNode
+    from relayfl.transport.buffers import BufferPool
+
+    pool = BufferPool()
 
     tree = topology.binary_tree(7)
     n, d = 7, 5
@@ -133,7 +136,8 @@ def test_node_relay_is_bitwise_relay_node_with_drops_and_checkpoints(
         RelayNode(tree, i, normalization=normalization, initial=init, fill=fill) for i in range(n)
     ]
     new = [
-        NodeRelay(tree, i, normalization=normalization, initial=init, fill=fill) for i in range(n)
+        RelayNode(tree, i, normalization=normalization, initial=init, fill=fill, alloc=pool.like)
+        for i in range(n)
     ]
     for t in range(10):
         v = torch.randn(n, d, generator=gen)
@@ -150,10 +154,13 @@ def test_node_relay_is_bitwise_relay_node_with_drops_and_checkpoints(
                 )
             )
         assert torch.equal(outs[0], outs[1]), t
+        assert pool._free, "the pool was used"
         if t == 4:  # checkpoint and restore every node (fresh objects)
             states = [node.state_dict() for node in new]
             new = [
-                NodeRelay(tree, i, normalization=normalization, initial=init, fill=fill)
+                RelayNode(
+                    tree, i, normalization=normalization, initial=init, fill=fill, alloc=pool.like
+                )
                 for i in range(n)
             ]
             for node, state in zip(new, states, strict=True):
