@@ -14,8 +14,8 @@ The only part of relayfl that imports ``flwr`` (``import relayfl`` never does).
   strategy for a NumPyClient ``client_fn``), results in relayfl's schema.
 * :class:`LocalDeployment`, :func:`run_relay_deployment`: a SuperLink and SuperNodes
   on 127.0.0.1, started and ended by relayfl.
-* :class:`TaskClient`, :func:`task_app`: a ``NumPyClient`` / ``ClientApp`` for any
-  relayfl ``Task`` (the ready clients in ``clients/`` are these).
+* :class:`TaskClient`, :func:`task_app`, :func:`ready_client`: a ``NumPyClient`` /
+  ``ClientApp`` for any relayfl ``Task`` (the ready clients in ``clients/`` are these).
 * :class:`DirichletPartitioner`: relayfl's partitioner as a ``flwr_datasets``
   ``Partitioner`` (needs the ``flower-datasets`` extra).
 """
@@ -44,7 +44,13 @@ from relayfl.flower.runtime import (
     run_simulation,
 )
 from relayfl.flower.server import relay_server_app, run_relay, run_relay_simulation
-from relayfl.flower.task_client import TaskClient, task_app, task_client_fn
+from relayfl.flower.task_client import (
+    ReadyClient,
+    TaskClient,
+    ready_client,
+    task_app,
+    task_client_fn,
+)
 
 __all__ = [
     "OFFLINE_ENV",
@@ -56,12 +62,14 @@ __all__ = [
     "MessageTrainer",
     "NumPyClientTrainer",
     "PeerMixer",
+    "ReadyClient",
     "RelayClientApp",
     "TaskClient",
     "Trainer",
     "app_dir",
     "node_step",
     "offline_env",
+    "ready_client",
     "relay_server_app",
     "run_fedavg",
     "run_relay",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,10 +27,10 @@ from relayfl.flower.client import RelayClientApp, partition_of
 from relayfl.optim import make_optimizer
 from relayfl.relay import unpack
 from relayfl.simulation import make_partitions
-from relayfl.task import Task, builtin
+from relayfl.task import DATASETS, Task, builtin
 from relayfl.worker import LocalWorker
 
-__all__ = ["TaskClient", "load_task", "task_app", "task_client_fn"]
+__all__ = ["ReadyClient", "TaskClient", "load_task", "ready_client", "task_app", "task_client_fn"]
 
 _OPTIM_ARRAYS = "relayfl.optimizer"
 _OPTIM_META = "relayfl.optimizer-meta"
@@ -181,3 +181,31 @@ def task_client_fn(dataset: str) -> Callable[[Context], Client]:
 def task_app(dataset: str) -> RelayClientApp:
     """A :class:`RelayClientApp` of ``dataset``'s :class:`TaskClient`: relay and FedAvg."""
     return RelayClientApp(client_fn=task_client_fn(dataset))
+
+
+class ReadyClient(NamedTuple):
+    """What a ready client module in ``clients/`` exports for one dataset."""
+
+    task: Callable[[RunConfig | None], Task]
+    """``task(config)``: the fast simulator's :class:`Task` (:func:`load_task`)."""
+    client_fn: Callable[[Context], Client]
+    """Flower's ``client_fn``: the :class:`TaskClient` of ``partition-id``."""
+    app: RelayClientApp
+    """The ``ClientApp``: RelaySGD through relayfl's ServerApp, and Flower's FedAvg."""
+
+
+def ready_client(dataset: str) -> ReadyClient:
+    """The ``task``, ``client_fn`` and ``app`` of ``dataset``'s ready client.
+
+    ``clients/digits.py`` is ``task, client_fn, app = ready_client("digits")``, so
+    ``flwr run`` names ``clients.digits:app``.
+    """
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+
+    def task(config: RunConfig | None = None) -> Task:
+        return load_task(dataset, config)
+
+    task.__doc__ = f"The {dataset} :class:`relayfl.Task` (one definition for every engine)."
+    client_fn = task_client_fn(dataset)
+    return ReadyClient(task, client_fn, RelayClientApp(client_fn=client_fn))

@@ -265,3 +265,24 @@ def test_cifar10_client_without_its_folder_names_the_fix() -> None:
     client = cifar10.client_fn(_context(0, 2)).numpy_client
     with pytest.raises(ConfigError, match="data-root"):
         client.get_parameters({})
+
+
+def test_ready_client_modules_are_one_factory_per_dataset() -> None:
+    """Each module in clients/ is ready_client(DATASET): its task is that dataset's Task,
+    its client_fn builds that dataset's TaskClient, and clients.load finds it."""
+    import clients
+    from relayfl.flower import RelayClientApp, TaskClient, ready_client
+
+    for name, module_name in clients.MODULES.items():
+        module = clients.load(name)
+        assert module.__name__ == module_name and name == module.DATASET
+        assert isinstance(module.app, RelayClientApp)
+        assert module.client_fn.__name__ == f"{name.replace('-', '_')}_client_fn"
+    digits = clients.load("digits")
+    assert digits.task().name == "digits"
+    client = digits.client_fn(_context(1, 3)).numpy_client
+    assert isinstance(client, TaskClient) and client.dataset == "digits"
+    with pytest.raises(ConfigError, match="unknown dataset 'svhn'; use one of digits"):
+        ready_client("svhn")
+    with pytest.raises(ConfigError, match="no ready Flower client for dataset 'svhn'"):
+        clients.load("svhn")
