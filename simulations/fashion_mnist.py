@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -47,7 +48,8 @@ from relayfl import RunConfig, Task, simulate
 from relayfl.errors import ConfigError
 from relayfl.task import builtin
 
-STEPS = 300
+STEPS = 300  # the default budget; ``--steps`` changes it (results in their own folders)
+DEFAULT_STEPS = 300
 EVAL_EVERY = 0  # evaluate once, at the end (an evaluation costs ~60 training steps)
 WARMUP_EPOCHS = 0.1
 BATCH = 32
@@ -57,8 +59,10 @@ SEEDS = (0, 1, 2)
 ALPHAS = (1.0, 0.1, 0.01)
 TUNE_ALPHA, TUNE_SEED = 0.1, 0
 BASE_LR = {True: 0.1, False: 0.2}  # with / without momentum (the paper's "m" and "0")
-GRID = (0.5, 1.0, 2.0)
+GRID = (0.5, 1.0, 2.0)  # the starting grid; extended past its edge (see ``tuned``)
+GRID_LIMITS = (1 / 16, 16)
 DROPS = (0.0, 0.01, 0.1)
+SUPPLEMENT_MULT = 0.5  # the unstable rows' rate at α = 0.01 in the supplement
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,12 @@ PAPER_TABLE5 = {
     "d2-ring-m": "87.4 / diverges / diverges",
     "sgp-exponential-m": "88.5 / 88.6 / 88.1",
 }
+
+
+def experiment(table: str) -> str:
+    """Results folder of ``table`` at the current budget: ``table2`` at the default
+    :data:`STEPS`, ``table2_600steps`` at ``--steps 600``."""
+    return table if STEPS == DEFAULT_STEPS else f"{table}_{STEPS}steps"
 
 
 def cnn() -> nn.Module:
@@ -210,47 +220,73 @@ def tune_key(row: Row, mult: float) -> str:
     return f"tune-{row.key}-x{mult:g}"
 
 
+def run_key(row: Row, lr: float, setting: str, seed: int) -> str:
+    """A run's cell: the learning rate is part of the key, so a retuned row reruns."""
+    return f"run-{row.key}-lr{lr:g}-{setting}-s{seed}"
+
+
+def tuned(row: Row, cell: Callable[[float], dict]) -> tuple[float, list[float]]:
+    """The best multiplier of ``row`` and every multiplier tried (ascending).
+
+    Starts from :data:`GRID`; while the best (by worst-worker accuracy, ties broken by
+    the mean) is the smallest or the largest multiplier tried, the grid grows by a factor
+    2 past it, within :data:`GRID_LIMITS`, so no chosen rate sits on the grid's edge
+    unless it is a limit. ``cell(mult)`` returns the tuning run of one multiplier.
+    """
+    mults = sorted(GRID)
+    while True:
+        best = max(mults, key=lambda m: (cell(m)["worst"], cell(m)["mean"], -m))
+        if best == mults[0] and best / 2 >= GRID_LIMITS[0]:
+            mults.insert(0, best / 2)
+        elif best == mults[-1] and best * 2 <= GRID_LIMITS[1]:
+            mults.append(best * 2)
+        else:
+            return best, mults
+
+
 def tuning(shard: tuple[int, int] | None = None) -> dict[str, float]:
-    """Run (or load) the tuning grid; return the chosen base lr per row key."""
-    cells = CellCache("table2")
-    k = 0
-    for row in ROWS:
-        for mult in GRID:
+    """Run (or load) the tuning grids; return the chosen base lr per row key.
+
+    With shards, each shard tunes every m-th row, then waits for the others' cells.
+    """
+    cells = CellCache(experiment("table2"))
+    for k, row in enumerate(ROWS):
+        if shard is not None and not _mine(k, shard):
+            continue
+
+        def cell(mult: float, row: Row = row) -> dict:
             lr = BASE_LR[row.momentum] * mult
-            if shard is None or _mine(k, shard):
-                c = cells.compute(
-                    tune_key(row, mult),
-                    lambda row=row, lr=lr: {
-                        "lr": lr,
-                        **run_cell(config(row, lr, TUNE_ALPHA, TUNE_SEED)),
-                    },
-                )
-                print(f"tune {row.key} lr {lr:g}: worst {c['worst']:.4f}", flush=True)
-            k += 1
+            return cells.compute(
+                tune_key(row, mult),
+                lambda: {"lr": lr, **run_cell(config(row, lr, TUNE_ALPHA, TUNE_SEED))},
+            )
+
+        best, mults = tuned(row, cell)
+        print(f"tune {row.key}: x{best:g} of {[f'x{m:g}' for m in mults]}", flush=True)
     return chosen_lrs(wait=shard is not None)
 
 
 def chosen_lrs(wait: bool = False) -> dict[str, float]:
-    """Best grid lr per row by worst-worker accuracy (ties: the mean over workers)."""
-    cells = CellCache("table2")
+    """The tuned base lr per row key, replayed from the stored tuning cells."""
+    cells = CellCache(experiment("table2"))
+
+    def cell(mult: float, row: Row) -> dict:
+        while (c := cells.get(tune_key(row, mult))) is None:
+            if not wait:
+                raise SystemExit(f"tuning cell {tune_key(row, mult)} missing; run `tune`")
+            time.sleep(10)
+        return c
+
     out = {}
     for row in ROWS:
-        best = None
-        for mult in GRID:
-            while (c := cells.get(tune_key(row, mult))) is None:
-                if not wait:
-                    raise SystemExit(f"tuning cell {tune_key(row, mult)} missing; run `tune`")
-                time.sleep(20)
-            score = (c["worst"], c["mean"])
-            if best is None or score > best[0]:
-                best = (score, c["lr"])
-        out[row.key] = best[1]
+        best, _ = tuned(row, lambda m, row=row: cell(m, row))
+        out[row.key] = BASE_LR[row.momentum] * best
     return out
 
 
 def table2(shard: tuple[int, int] | None, seeds: tuple[int, ...] = SEEDS) -> None:
     lrs = tuning(shard)
-    cells = CellCache("table2")
+    cells = CellCache(experiment("table2"))
     k = 0
     for seed in seeds:
         for alpha in ALPHAS:
@@ -258,7 +294,7 @@ def table2(shard: tuple[int, int] | None, seeds: tuple[int, ...] = SEEDS) -> Non
                 if shard is None or _mine(k, shard):
                     lr = lrs[row.key]
                     c = cells.compute(
-                        f"run-{row.key}-a{alpha:g}-s{seed}",
+                        run_key(row, lr, f"a{alpha:g}", seed),
                         lambda row=row, lr=lr, alpha=alpha, seed=seed: {
                             "lr": lr,
                             **run_cell(config(row, lr, alpha, seed)),
@@ -268,9 +304,42 @@ def table2(shard: tuple[int, int] | None, seeds: tuple[int, ...] = SEEDS) -> Non
                 k += 1
 
 
+def unstable_rows(lrs: dict[str, float]) -> list[Row]:
+    """Rows whose α = 0.01 runs diverged or scatter by more than 10 points over the seeds
+    (all seeds finished): the rate tuned at α = 0.1 may be too large for them."""
+    cells = CellCache(experiment("table2"))
+    out = []
+    for row in ROWS:
+        worst = [c["worst"] for c in _runs(cells, row, lrs, f"a{ALPHAS[-1]:g}")]
+        if len(worst) == len(SEEDS) and (min(worst) <= 0.1 or np.std(worst, ddof=1) > 0.10):
+            out.append(row)
+    return out
+
+
+def supplement(shard: tuple[int, int] | None) -> None:
+    """The unstable rows again at α = 0.01 with :data:`SUPPLEMENT_MULT` x their rate: is
+    the rate tuned at α = 0.1 (the budget's one tuning point) what failed?"""
+    lrs = tuning(shard)
+    cells = CellCache(experiment("table2"))
+    k = 0
+    for row in unstable_rows(lrs):
+        for seed in SEEDS:
+            if shard is None or _mine(k, shard):
+                lr, alpha = lrs[row.key] * SUPPLEMENT_MULT, ALPHAS[-1]
+                c = cells.compute(
+                    run_key(row, lr, f"a{alpha:g}", seed),
+                    lambda row=row, lr=lr, alpha=alpha, seed=seed: {
+                        "lr": lr,
+                        **run_cell(config(row, lr, alpha, seed)),
+                    },
+                )
+                print(f"supplement {row.key} lr {lr:g} s{seed}: {c['worst']:.4f}", flush=True)
+            k += 1
+
+
 def table5(shard: tuple[int, int] | None, seeds: tuple[int, ...] = SEEDS) -> None:
     lrs = tuning(shard)
-    cells = CellCache("table5")
+    cells = CellCache(experiment("table5"))
     k = 0
     for seed in seeds:
         for p in DROPS:
@@ -279,7 +348,7 @@ def table5(shard: tuple[int, int] | None, seeds: tuple[int, ...] = SEEDS) -> Non
                     lr = lrs[row.key]
                     fill = "latest" if row.algorithm == "relaysgd" else "initial"
                     c = cells.compute(
-                        f"run-{row.key}-p{p:g}-s{seed}",
+                        run_key(row, lr, f"p{p:g}", seed),
                         lambda row=row, lr=lr, p=p, seed=seed, fill=fill: {
                             "lr": lr,
                             **run_cell(
@@ -300,6 +369,19 @@ def _pct(values: list[float]) -> str:
     return f"{mean:.1f} ± {sd:.1f}{tag}"
 
 
+def _runs(cells: CellCache, row: Row, lrs: dict[str, float], setting: str) -> list[dict]:
+    """The finished seeds of one table cell at the row's tuned rate."""
+    if row.key not in lrs:
+        return []
+    found = [cells.get(run_key(row, lrs[row.key], setting, s)) for s in SEEDS]
+    return [c for c in found if c is not None]
+
+
+def _command() -> str:
+    steps = "" if STEPS == DEFAULT_STEPS else f" --steps {STEPS}"
+    return f"python simulations/fashion_mnist.py all{steps} --shard 0/2 (and 1/2), then report"
+
+
 def report() -> None:
     """Write table2.md, table5.md and their PNGs from whatever cells exist."""
     import matplotlib
@@ -314,18 +396,23 @@ def report() -> None:
         f"momentum 0.9 where marked, one evaluation at the end on {EVAL_IMAGES:,} "
         "fixed test images"
     )
-    cells = CellCache("table2")
+    cells = CellCache(experiment("table2"))
     try:
         lrs = chosen_lrs()
     except SystemExit:
         lrs = {}
-    out = RESULTS / "table2"
+    tried = {
+        row.key: tuned(row, lambda m, row=row: cells.get(tune_key(row, m)))[1]
+        for row in ROWS
+        if row.key in lrs
+    }
+    all_mults = sorted({m for ms in tried.values() for m in ms} or GRID)
+    out = RESULTS / experiment("table2")
     rows, lr_rows, tune_rows = [], [], []
     for row in ROWS:
         worst, mean = [], []
         for alpha in ALPHAS:
-            cs = [cells.get(f"run-{row.key}-a{alpha:g}-s{s}") for s in SEEDS]
-            cs = [c for c in cs if c is not None]
+            cs = _runs(cells, row, lrs, f"a{alpha:g}")
             worst.append(_pct([c["worst"] for c in cs]))
             mean.append(_pct([c["mean"] for c in cs]))
             if any(c["diverged"] for c in cs):
@@ -343,10 +430,47 @@ def report() -> None:
             ]
         )
         tune = []
-        for mult in GRID:
-            c = cells.get(tune_key(row, mult))
-            tune.append("—" if c is None else f"{100 * c['worst']:.1f} / {100 * c['mean']:.1f}")
+        for mult in all_mults:
+            c = cells.get(tune_key(row, mult)) if mult in tried.get(row.key, ()) else None
+            cell = "—" if c is None else f"{100 * c['worst']:.1f} / {100 * c['mean']:.1f}"
+            if lr is not None and c is not None and math.isclose(c["lr"], lr):
+                cell = f"**{cell}**"
+            tune.append(cell)
         tune_rows.append([row.label, *tune])
+    supplement_text = []
+    sup_rows = []
+    for row in unstable_rows(lrs):
+        alpha = ALPHAS[-1]
+        half = {row.key: lrs[row.key] * SUPPLEMENT_MULT}
+        tuned_cs, half_cs = (
+            _runs(cells, row, lrs, f"a{alpha:g}"),
+            _runs(cells, row, half, f"a{alpha:g}"),
+        )
+        sup_rows.append(
+            [
+                row.label,
+                f"{lrs[row.key]:g}: {_pct([c['worst'] for c in tuned_cs])}",
+                f"{half[row.key]:g}: {_pct([c['worst'] for c in half_cs])}",
+                f"{_pct([c['mean'] for c in half_cs])}",
+            ]
+        )
+    if sup_rows:
+        supplement_text = [
+            f"Supplement: the rows whose α = {ALPHAS[-1]:g} seeds diverged or scattered by "
+            f"more than 10 points, again at α = {ALPHAS[-1]:g} with x{SUPPLEMENT_MULT:g} "
+            "their tuned base rate (`python simulations/fashion_mnist.py supplement`):",
+            "",
+            markdown_table(
+                [
+                    "algorithm",
+                    "worst, tuned base lr",
+                    f"worst, x{SUPPLEMENT_MULT:g}",
+                    f"mean, x{SUPPLEMENT_MULT:g}",
+                ],
+                sup_rows,
+            ),
+            "",
+        ]
     header = [
         "algorithm",
         *[f"worst α={a:g}" for a in ALPHAS],
@@ -357,7 +481,7 @@ def report() -> None:
         "# Table 2 on Fashion-MNIST (CPU-sized)",
         "",
         provenance(
-            "python simulations/fashion_mnist.py all --shard 0/2 (and 1/2), then report",
+            _command(),
             SEEDS,
             budget,
             cells.wall_s(),
@@ -370,15 +494,18 @@ def report() -> None:
         "",
         f"Learning rates, tuned at α = {TUNE_ALPHA:g}, seed {TUNE_SEED} on base x "
         f"{{{', '.join(f'{m:g}' for m in GRID)}}} (base {BASE_LR[False]:g} without, "
-        f"{BASE_LR[True]:g} with momentum), best worst-worker accuracy; RelaySGD runs at "
+        f"{BASE_LR[True]:g} with momentum), extended by factors of 2 past whichever edge "
+        f"won (within x{GRID_LIMITS[0]:g} to x{GRID_LIMITS[1]:g}) until the best is "
+        "inside the grid; best worst-worker accuracy (ties: mean); RelaySGD runs at "
         "base x (1 + mean delay):",
         "",
         markdown_table(["algorithm", "base lr", "relay correction", "lr used"], lr_rows),
         "",
-        "Tuning runs (worst / mean accuracy in %):",
+        "Tuning runs (worst / mean accuracy in %; chosen in bold; — not tried):",
         "",
-        markdown_table(["algorithm", *[f"x{m:g}" for m in GRID]], tune_rows),
+        markdown_table(["algorithm", *[f"x{m:g}" for m in all_mults]], tune_rows),
         "",
+        *supplement_text,
         "![worst-worker accuracy](table2_worst_worker.png)",
         "",
     ]
@@ -389,8 +516,7 @@ def report() -> None:
     for a, alpha in enumerate(ALPHAS):
         ys = []
         for row in ROWS:
-            cs = [cells.get(f"run-{row.key}-a{alpha:g}-s{s}") for s in SEEDS]
-            cs = [c["worst"] for c in cs if c is not None]
+            cs = [c["worst"] for c in _runs(cells, row, lrs, f"a{alpha:g}")]
             ys.append(100 * np.mean(cs) if cs else math.nan)
         ax.bar(np.arange(len(ROWS)) + (a - 1) * width, ys, width, label=f"α = {alpha:g}")
     ax.set_xticks(np.arange(len(ROWS)), [r.label for r in ROWS], rotation=35, ha="right")
@@ -403,13 +529,12 @@ def report() -> None:
     fig.savefig(out / "table2_worst_worker.png", dpi=110)
     plt.close(fig)
 
-    cells5 = CellCache("table5")
+    cells5 = CellCache(experiment("table5"))
     rows5 = []
     for row in TABLE5_ROWS:
         vals = []
         for p in DROPS:
-            cs = [cells5.get(f"run-{row.key}-p{p:g}-s{s}") for s in SEEDS]
-            cs = [c for c in cs if c is not None]
+            cs = _runs(cells5, row, lrs, f"p{p:g}")
             v = _pct([c["worst"] for c in cs])
             if any(c["diverged"] for c in cs):
                 v += f" ({sum(c['diverged'] for c in cs)} diverged)"
@@ -420,7 +545,7 @@ def report() -> None:
         "# Table 5 on Fashion-MNIST: message drops (CPU-sized)",
         "",
         provenance(
-            "python simulations/fashion_mnist.py all --shard 0/2 (and 1/2), then report",
+            _command(),
             SEEDS,
             f"{budget}; α = {TABLE5_ALPHA:g}, local momentum 0.9, learning rates from the "
             "Table 2 tuning; RelaySGD with the reference-state fill (--fill latest)",
@@ -444,14 +569,13 @@ def report() -> None:
         "![drops](table5_drops.png)",
         "",
     ]
-    (RESULTS / "table5").mkdir(parents=True, exist_ok=True)
-    (RESULTS / "table5" / "table5.md").write_text("\n".join(text5))
+    (RESULTS / experiment("table5")).mkdir(parents=True, exist_ok=True)
+    (RESULTS / experiment("table5") / "table5.md").write_text("\n".join(text5))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for row in TABLE5_ROWS:
         ys = []
         for p in DROPS:
-            cs = [cells5.get(f"run-{row.key}-p{p:g}-s{s}") for s in SEEDS]
-            cs = [c["worst"] for c in cs if c is not None]
+            cs = [c["worst"] for c in _runs(cells5, row, lrs, f"p{p:g}")]
             ys.append(np.mean(cs) if cs else math.nan)
         ax.plot([f"{p:g}" for p in DROPS], ys, marker="o", label=row.label)
     ax.set_xlabel("message drop probability")
@@ -460,17 +584,28 @@ def report() -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "table5" / "table5_drops.png", dpi=110)
+    fig.savefig(RESULTS / experiment("table5") / "table5_drops.png", dpi=110)
     plt.close(fig)
     print("wrote table2.md and table5.md")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("tune", "table2", "table5", "all", "report"))
+    parser.add_argument("what", choices=("tune", "table2", "table5", "supplement", "all", "report"))
     parser.add_argument("--shard", default=None, help="k/m: run every m-th cell from k")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help=f"steps per worker (default {DEFAULT_STEPS}; other budgets write "
+        "simulations/results/table2_<steps>steps/ and table5_<steps>steps/)",
+    )
     args = parser.parse_args()
+    global STEPS
+    if args.steps < 10:
+        parser.error(f"--steps must be at least 10, got {args.steps}")
+    STEPS = args.steps
     torch.set_num_threads(args.threads)
     shard = None
     if args.shard:
@@ -487,6 +622,9 @@ def main() -> None:
             table5(shard, (seed,))
             table2(shard, (seed,))
             report()
+        supplement(shard)
+    elif args.what == "supplement":
+        supplement(shard)
     report()
 
 
