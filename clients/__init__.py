@@ -1,8 +1,22 @@
 """Ready Flower clients built from relayfl's tasks: ``digits``, ``fashion_mnist``, ``cifar10``.
 
-Each module offers ``client_fn`` (a ``NumPyClient``), ``app`` (a ``ClientApp`` for the
-relay and for Flower's FedAvg) and ``task(config)`` (the fast simulator's ``Task``), all
-partitioned with relayfl's Dirichlet partitioner. Importing a module imports flwr.
+Each module is :func:`relayfl.flower.task_client.ready_client` of its dataset and offers,
+with the identical Dirichlet split (``alpha``, ``seed``) everywhere:
+
+* ``client_fn``: Flower's ``client_fn`` returning a ``NumPyClient`` (use it with
+  ``ClientApp(client_fn=client_fn)`` and Flower's legacy FedAvg);
+* ``app``: a ``ClientApp`` answering RelaySGD through relayfl's forwarding ServerApp and
+  FedAvg through ``flwr.serverapp.strategy.FedAvg``;
+* ``task(config)``: the fast simulator's ``Task`` (``relayfl.simulate(task(config),
+  config)``).
+
+Importing a module imports flwr.
+
+Examples
+--------
+>>> from relayfl.flower import run_relay_simulation
+>>> from clients import digits
+>>> result = run_relay_simulation(digits.app, RunConfig(num_clients=4))  # doctest: +SKIP
 """
 
 from __future__ import annotations

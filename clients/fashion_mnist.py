@@ -1,24 +1,8 @@
-"""Ready Flower client: Fashion-MNIST (28x28), small CNN.
+"""Ready Flower client: Fashion-MNIST (28x28), small CNN, read from Debian's
+``dataset-fashion-mnist`` folder (or ``data-root``); no download.
 
-Read from Debian's ``dataset-fashion-mnist`` folder (or ``data-root``); no download.
-
-Usable three ways, with the identical Dirichlet split (``alpha``, ``seed``) everywhere:
-
-* a ``NumPyClient`` through :func:`client_fn` (``ClientApp(client_fn=client_fn)`` with
-  Flower's legacy FedAvg);
-* a ``ClientApp``, :data:`app` (``flwr run`` component ``clients.fashion_mnist:app``): RelaySGD
-  through relayfl's forwarding ServerApp, and FedAvg through
-  ``flwr.serverapp.strategy.FedAvg``;
-* the fast simulator: ``relayfl.simulate(task(config), config)``.
-
-All three come from :func:`relayfl.flower.task_client.ready_client`.
-
-Examples
---------
->>> from relayfl.flower import run_relay_simulation
->>> from clients import fashion_mnist
->>> config = RunConfig(num_clients=4, steps=20)
->>> result = run_relay_simulation(fashion_mnist.app, config)  # doctest: +SKIP
+``task``, ``client_fn`` and ``app`` (``flwr run`` component ``clients.fashion_mnist:app``) as
+described in :mod:`clients`.
 """
 
 from __future__ import annotations
