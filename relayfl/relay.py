@@ -230,6 +230,9 @@ class _TreeRelay:
 
     What a worker receives at step t is its inbox at step t+1, so it is kept rather than
     summed again: per step one gather over edges, one scatter-add, and elementwise ops.
+    Every ``[e, d]`` and ``[n, d]`` intermediate lives in a buffer reused across steps
+    (the step allocates only the sums it returns), which keeps peak memory at a few
+    copies of the messages and spares the CPU allocator's page faults on large models.
     """
 
     def __init__(self, edges: EdgeIndex) -> None:
@@ -238,25 +241,35 @@ class _TreeRelay:
         self.c: Tensor | None = None  # [e]
         self.inbox: Tensor | None = None  # [n, d_k], sum of the messages received at t-1
         self.c_inbox: Tensor | None = None  # [n]
+        self._spare: Tensor | None = None  # [e, d_k]: the next step's messages go here
+        self._back: Tensor | None = None  # [e, d_k]: m_{j->i} of t-1 gathered per edge
+        self._total: Tensor | None = None  # [n, d_k]
 
     def step(self, v: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
         E, n = self.edges, self.edges.num_nodes
-        if self.m is None:  # m^(-1) = 0, c^(-1) = 0 (section 1.4, first step)
-            self.m = v.new_zeros(len(E.src), v.shape[1])  # [e, d_k]
-            self.c = v.new_zeros(len(E.src))  # [e]
-            self.inbox, self.c_inbox = v.new_zeros(n, v.shape[1]), v.new_zeros(n)
-        total, c_total = combine(v, self.inbox, self.c_inbox)  # [n, d], [n]
+        e, d = len(E.src), v.shape[1]
+        if self.m is None:
+            # m^(-1) = 0, c^(-1) = 0 (section 1.4, first step)
+            self.m, self.c = v.new_zeros(e, d), v.new_zeros(e)  # [e, d_k], [e]
+            self.inbox, self.c_inbox = v.new_zeros(n, d), v.new_zeros(n)  # [n, d_k], [n]
+            self._spare, self._back = v.new_empty(e, d), v.new_empty(e, d)
+            self._total = v.new_empty(n, d)
+        assert self.c is not None and self.inbox is not None and self.c_inbox is not None
+        assert self._spare is not None and self._back is not None
+        total, c_total = combine(v, self.inbox, self.c_inbox, out=self._total)  # [n, d]
+        torch.index_select(self.m, 0, E.rev, out=self._back)  # m_{j->i}^(t-1) on i->j
         m, c = outgoing(
-            total.index_select(0, E.src),
-            self.m.index_select(0, E.rev),
+            torch.index_select(total, 0, E.src, out=self._spare),
+            self._back,
             c_total.index_select(0, E.src),
             self.c.index_select(0, E.rev),
+            out=self._spare,  # total_src - back, written over the gathered total
         )  # [e, d], [e]
         if keep is not None:  # simulated drop (section 1.4): discarded and not relayed on
-            m = m * keep.unsqueeze(-1).to(m.dtype)
+            m.mul_(keep.unsqueeze(-1).to(m.dtype))
             c = c * keep.to(c.dtype)
-        self.m, self.c = m, c
-        self.inbox = v.new_zeros(n, v.shape[1]).index_add_(0, E.dst, m)  # [n, d_k]
+        self._spare, self.m, self.c = self.m, m, c
+        self.inbox.zero_().index_add_(0, E.dst, m)  # [n, d_k]
         self.c_inbox = v.new_zeros(n).index_add_(0, E.dst, c)  # [n]
         return combine(v, self.inbox, self.c_inbox)
 
@@ -346,8 +359,9 @@ class RelaySum:
         if len(self._relays) > 1 and isinstance(keep, Tensor):
             raise ConfigError("with several trees pass keep as a list, one mask per tree")
         if len(self._relays) == 1:  # one tree: no interleaving, no extra copy
-            S, C = self._relays[0].step(v, keeps[0])  # [n, d], [n]
-            out = average(S, C, n, self.normalization, self._fill_for(self._slices[0], v))
+            S, C = self._relays[0].step(v, keeps[0])  # [n, d], [n]; S is ours to overwrite
+            fill = self._fill_for(self._slices[0], v)
+            out = average(S, C, n, self.normalization, fill, inplace=True)
             self.last_counts = C.unsqueeze(0)  # [1, n]
         else:
             out = torch.empty_like(v)  # [n, d]
