@@ -264,3 +264,36 @@ def test_gossip_rows_are_convex_and_renormalised_after_drops() -> None:
     keep = [torch.tensor([True, False] * 6)]
     torch.testing.assert_close(mixer.mix(x, x), x)
     torch.testing.assert_close(mixer.mix(x, x, keep), x)
+
+
+@pytest.mark.parametrize("trees", [topology.binary_tree(8), topology.double_binary_trees(8)])
+@pytest.mark.parametrize("normalization", ["world_size", "counts", "sum"])
+def test_reused_buffers_never_leak_into_returned_averages(trees, normalization: str) -> None:
+    """RelaySum and RelayNode reuse buffers across steps: an average the caller holds
+    keeps its value, and scribbling on it in place does not change the next results."""
+    x0 = torch.randn(4, dtype=torch.float64)
+    init = x0 if normalization == "world_size" else None
+    fill = "latest" if init is not None else "initial"
+    kw = {"normalization": normalization, "initial": init, "fill": fill}
+    scribbled, clean = relay.RelaySum(trees, **kw), relay.RelaySum(trees, **kw)
+    vs = _values(6, 8, 4, seed=3)
+    held = []
+    for t in range(6):
+        out, expected = scribbled.step(vs[t]), clean.step(vs[t])
+        assert torch.equal(out, expected), t
+        out.mul_(-7.0)  # the caller owns its average
+        held.append((out, out.clone()))
+    for got, copy in held:
+        assert torch.equal(got, copy)  # later steps never wrote into an earlier result
+    if isinstance(trees, tuple):
+        return
+    stacked = relay.RelaySum(trees, **kw)
+    nodes = [relay.RelayNode(trees, i, **kw) for i in range(8)]
+    for t in range(6):
+        box = [node.send(vs[t, i]) for i, node in enumerate(nodes)]
+        outs = [
+            node.receive({j: box[j][i] for j in node.neighbors}) for i, node in enumerate(nodes)
+        ]
+        torch.testing.assert_close(torch.stack(outs), stacked.step(vs[t]), rtol=0, atol=1e-12)
+        for o in outs:
+            o.fill_(float("nan"))  # must not reach the next step's fill or messages
