@@ -194,6 +194,30 @@ def relayfl_mode(
     return out
 
 
+def relay_only(args: argparse.Namespace, device: torch.device, x: torch.Tensor) -> dict:
+    """The RelaySum exchange alone (binary tree, fp32) on ``[n, d]`` random models, with
+    ``d`` the model's parameter count (or ``--dim``): no training in between."""
+    n = args.clients
+    d = args.dim or FunctionalModel(_model(args.model, x, 0.0), F.cross_entropy).x0.numel()
+    gen = torch.Generator(device=device).manual_seed(0)
+    v = torch.randn(n, d, device=device, generator=gen)
+    mixer = make_mixer("relaysgd", (topology.binary_tree(n),), torch.zeros(d, device=device))
+    state = {"x": v}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    relay_s = statistics.median(_time(lambda s: state.update(x=mixer.mix(v, v)), device, 2, 5))
+    copy_s = statistics.median(_time(lambda s: v.clone(), device, 3, 20))
+    return {
+        "mode": "relay",
+        "dim": d,
+        "relay_ms": relay_s * 1e3,
+        "param_copy_ms": copy_s * 1e3,
+        "relay_in_param_copies": relay_s / copy_s,
+        "peak_memory_bytes": _peak_memory(device),
+        "peak_in_param_copies": _peak_memory(device) / (n * d * 4),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -204,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["fp32", "bf16", "tf32"], default="fp32")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--modes", default="ceiling,loop,vmap,batched")
+    p.add_argument(
+        "--modes",
+        default="ceiling,loop,vmap,batched",
+        help="comma-separated; 'relay' times the RelaySum exchange alone",
+    )
+    p.add_argument("--dim", type=int, default=None, help="model size for --modes relay")
     p.add_argument("--steps", type=int, default=None, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
@@ -226,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         args.clients = n
         x, y = _data(args.data, n, device)
         for mode in args.modes.split(","):
-            row = (
-                ceiling(args, device, x, y, amp)
-                if mode == "ceiling"
-                else relayfl_mode(mode, args, device, x, y, amp)
-            )
+            if mode == "ceiling":
+                row = ceiling(args, device, x, y, amp)
+            elif mode == "relay":
+                row = relay_only(args, device, x)
+            else:
+                row = relayfl_mode(mode, args, device, x, y, amp)
             row.update(
                 model=args.model,
                 clients=n,
@@ -254,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if ceil:
             for r in results:
-                if r["clients"] == n and r["mode"] != "ceiling":
+                if r["clients"] == n and r["mode"] not in ("ceiling", "relay"):
                     print(
                         f"# N={n} {r['mode']}: {r['samples_per_s'] / ceil:.2f}x of the "
                         "one-model ceiling",
