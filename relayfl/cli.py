@@ -138,10 +138,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", dest="eval_every", type=int, default=d.eval_every)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device)
-    g.add_argument("--engine", choices=ENGINES, default=d.engine,
-                   help="batched: all workers as one network; loop: one after another")
-    g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="bf16: bfloat16 autocast for forward/backward (sums stay fp32)")
+    g.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=d.engine,
+        help="batched: all workers as one network; loop: one after another",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="bf16: bfloat16 autocast for forward/backward (sums stay fp32)",
+    )
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
 
 

@@ -75,12 +75,18 @@ class ClientData:
         self._perm: dict[int, tuple[int, Tensor]] = {}
 
     @classmethod
-    def from_task(cls, task: Task, parts: list[np.ndarray], config: RunConfig,
-                  device: torch.device | str) -> ClientData:
+    def from_task(
+        cls, task: Task, parts: list[np.ndarray], config: RunConfig, device: torch.device | str
+    ) -> ClientData:
         """The run's partitions of ``task`` as device tensors with the run's seed and batch."""
-        return cls(task.x_train.to(device), task.y_train.to(device),
-                   [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
-                   config.batch_size, config.seed, task.augment)
+        return cls(
+            task.x_train.to(device),
+            task.y_train.to(device),
+            [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts],
+            config.batch_size,
+            config.seed,
+            task.augment,
+        )
 
     def indices(self, client: int, step: int) -> Tensor:
         """Tensor[B]: training indices of ``client``'s batch at ``step``."""
