@@ -472,11 +472,7 @@ class RelayNode:
         message can go out while the next is computed (run it to the end)."""
         v = value.detach().to(message_dtype(value.dtype))  # [d]
         self._v = v
-        c_inbox = sum(self._c)
-        if self._inbox is None:  # nothing arrived at t-1: total = v + 0, a copy of v
-            total, c_total = self._alloc(v).copy_(v), 1 + c_inbox
-        else:
-            total, c_total = combine(v, self._inbox, c_inbox, out=self._alloc(v))  # [d]
+        total, c_total = self._combine(v)  # v + what arrived at t-1
         for a, j in enumerate(self.neighbors):
             back, c_back = self._m[a], self._c[a]
             if back is None:  # total - 0 = total, no copy
@@ -506,17 +502,21 @@ class RelayNode:
             self._m[a] = None if got is None else got[0].to(v.dtype)
             self._c[a] = 0.0 if got is None else float(got[1])
         self._sum_inbox()
-        c_inbox = sum(self._c)
-        if self._inbox is None:
-            S, C = self._alloc(v).copy_(v), 1 + c_inbox
-        else:
-            S, C = combine(v, self._inbox, c_inbox, out=self._alloc(v))  # [d], float
+        S, C = self._combine(v)  # v + what arrived now
         fill = None if self._fill is None else self._fill.to(v.dtype)
         out = average(S.view(1, -1), C, self.num_nodes, self.normalization, fill, inplace=True)
         if self.normalization == "world_size" and self.fill_mode == "latest":
             self._fill = self._alloc(v).copy_(out[0])  # the caller owns what we return
         self.last_count = C
         return S
+
+    def _combine(self, v: Tensor) -> tuple[Tensor, float]:
+        """:func:`combine` of ``v`` with the inbox, in a fresh buffer (a copy of ``v``
+        when nothing arrived: ``v + 0``)."""
+        c_inbox = sum(self._c)
+        if self._inbox is None:
+            return self._alloc(v).copy_(v), 1 + c_inbox
+        return combine(v, self._inbox, c_inbox, out=self._alloc(v))  # [d], float
 
     def _sum_inbox(self) -> None:
         present = [m for m in self._m if m is not None]
