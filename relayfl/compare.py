@@ -313,18 +313,11 @@ def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print)
     CompareResult
     """
     from relayfl.simulation import simulate
-    from relayfl.task import builtin
 
     started = time.perf_counter()
     say = (lambda _: None) if (log is None or spec.quiet) else log
     base = spec.config("relaysgd", spec.alphas[0], spec.seeds[0])
-    task = builtin(
-        spec.dataset,
-        root=base.data_root,
-        model=base.model,
-        limit_test=base.eval_limit,
-        dropout=base.dropout,
-    )
+    task = base.load_task()
     total = len(spec.alphas) * len(spec.seeds) * len(spec.algorithms)
     done: list[tuple[str, float, RunResult]] = []
     for alpha in spec.alphas:

@@ -7,11 +7,14 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import networkx as nx
+
+from relayfl import topology as _topology
 from relayfl.algorithms import ALGORITHMS, DEFAULT_TOPOLOGY
 from relayfl.errors import ConfigError
 from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
-from relayfl.task import DATASETS
+from relayfl.task import DATASETS, Task, builtin
 
 __all__ = ["RunConfig"]
 
@@ -196,6 +199,24 @@ class RunConfig:
     @property
     def iid(self) -> bool:
         return math.isinf(self.alpha)
+
+    def build_graphs(self) -> tuple[nx.Graph, ...]:
+        """The run's graphs: :func:`relayfl.topology.build` of :attr:`topology_name` on
+        ``num_clients`` workers, reduced by ``spanning_tree`` (from ``root``)."""
+        return _topology.build(
+            self.topology_name, self.num_clients, root=self.root, spanning=self.spanning_tree
+        )
+
+    def load_task(self) -> Task:
+        """The built-in :class:`~relayfl.task.Task` this run names (``dataset``,
+        ``data_root``, ``model``, ``eval_limit``, ``dropout``)."""
+        return builtin(
+            self.dataset,
+            root=self.data_root,
+            model=self.model,
+            limit_test=self.eval_limit,
+            dropout=self.dropout,
+        )
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated again)."""

@@ -272,9 +272,7 @@ def _node_setup(args: argparse.Namespace) -> tuple[Any, Any, dict[int, str] | No
             int(v): graph.nodes[v]["address"] for v in graph.nodes if "address" in graph.nodes[v]
         }
         addresses = found or None
-    graphs = topology.build(
-        config.topology_name, config.num_clients, root=config.root, spanning=config.spanning_tree
-    )
+    graphs = config.build_graphs()
     if args.peers:
         peers = [a.strip() for a in args.peers.split(",") if a.strip()]
         if len(peers) != config.num_clients:

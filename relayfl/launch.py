@@ -219,7 +219,6 @@ class Launcher:
     """
 
     def __init__(self, config: RunConfig, options: LaunchOptions) -> None:
-        from relayfl import topology
         from relayfl.node import NODE_ALGORITHMS
 
         if config.algorithm not in NODE_ALGORITHMS:
@@ -230,12 +229,7 @@ class Launcher:
         self.config = config
         self.options = options
         self.out = Path(options.out)
-        self.graphs = topology.build(
-            config.topology_name,
-            config.num_clients,
-            root=config.root,
-            spanning=config.spanning_tree,
-        )
+        self.graphs = config.build_graphs()
         self.n = config.num_clients
         self.token = options.token or secrets.token_hex(16)
         self.procs: dict[int, _Proc] = {}

@@ -242,18 +242,10 @@ def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trai
     -------
     Trainer
     """
-    from relayfl.task import builtin
     from relayfl.worker import LocalWorker
 
     if client is None:
-        task = builtin(
-            config.dataset,
-            root=config.data_root,
-            model=config.model,
-            limit_test=config.eval_limit,
-            dropout=config.dropout,
-        )
-        return LocalWorker(task, config, node)
+        return LocalWorker(config.load_task(), config, node)
     obj = _import(client) if isinstance(client, str) else client
     if isinstance(obj, Task):
         return LocalWorker(obj, config, node)
@@ -530,12 +522,7 @@ class Node:
                 "(it needs a server or all-to-all links); use --algorithm relaysgd"
             )
         if graphs is None:
-            graphs = topology.build(
-                config.topology_name,
-                config.num_clients,
-                root=config.root,
-                spanning=config.spanning_tree,
-            )
+            graphs = config.build_graphs()
         self.graphs = tuple(graphs)
         n = self.graphs[0].number_of_nodes()
         me = options.node_id

@@ -25,7 +25,7 @@ from relayfl.engine import FunctionalModel, make_engine
 from relayfl.errors import ConfigError, PartitionError
 from relayfl.optim import learning_rate
 from relayfl.results import EvalRecord, RunResult, library_versions
-from relayfl.task import Task, builtin
+from relayfl.task import Task
 
 __all__ = [
     "ClientData",
@@ -224,13 +224,7 @@ def simulate(
         task, config = None, task
     config = config or RunConfig()
     if task is None:
-        task = builtin(
-            config.dataset,
-            root=config.data_root,
-            model=config.model,
-            limit_test=config.eval_limit,
-            dropout=config.dropout,
-        )
+        task = config.load_task()
     started = time.perf_counter()
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -239,9 +233,7 @@ def simulate(
         )
     n = config.num_clients
 
-    graphs = topology.build(
-        config.topology_name, n, root=config.root, spanning=config.spanning_tree
-    )
+    graphs = config.build_graphs()
     parts = make_partitions(task, config)
 
     fm = FunctionalModel(task.init_model(config.seed), task.loss_fn).to(device)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from relayfl import topology
 from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, LoopEngine
 from relayfl.errors import ConfigError
@@ -69,12 +68,7 @@ class LocalWorker:
         self.device = device
         parts = parts if parts is not None else make_partitions(task, config)
         if graphs is None:
-            graphs = topology.build(
-                config.topology_name,
-                config.num_clients,
-                root=config.root,
-                spanning=config.spanning_tree,
-            )
+            graphs = config.build_graphs()
         self.lr_at, self.lr_correction, self.steps_per_epoch = lr_schedule(
             config, parts, tuple(graphs)
         )

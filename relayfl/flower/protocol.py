@@ -232,9 +232,7 @@ class RelayRecorder:
     ) -> RunResult:
         """The run in the core schema (``wall_s`` up to now)."""
         cfg = self.config
-        graphs = topology.build(
-            cfg.topology_name, cfg.num_clients, root=cfg.root, spanning=cfg.spanning_tree
-        )
+        graphs = cfg.build_graphs()
         return RunResult(
             config=dict(config) if config is not None else cfg.to_dict(),
             evaluations=self.evaluations,
