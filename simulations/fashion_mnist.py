@@ -212,6 +212,15 @@ def run_cell(cfg: RunConfig, data: Task | None = None) -> dict:
     }
 
 
+def run_cached(
+    cells: CellCache, key: str, row: Row, lr: float, alpha: float, seed: int, **changes
+) -> dict:
+    """The cell ``key``: :func:`run_cell` of :func:`config` (computed once, then cached)."""
+    return cells.compute(
+        key, lambda: {"lr": lr, **run_cell(config(row, lr, alpha, seed, **changes))}
+    )
+
+
 def _mine(k: int, shard: tuple[int, int]) -> bool:
     return k % shard[1] == shard[0]
 
@@ -256,10 +265,7 @@ def tuning(shard: tuple[int, int] | None = None) -> dict[str, float]:
 
         def cell(mult: float, row: Row = row) -> dict:
             lr = BASE_LR[row.momentum] * mult
-            return cells.compute(
-                tune_key(row, mult),
-                lambda: {"lr": lr, **run_cell(config(row, lr, TUNE_ALPHA, TUNE_SEED))},
-            )
+            return run_cached(cells, tune_key(row, mult), row, lr, TUNE_ALPHA, TUNE_SEED)
 
         best, mults = tuned(row, cell)
         print(f"tune {row.key}: x{best:g} of {[f'x{m:g}' for m in mults]}", flush=True)
@@ -293,13 +299,8 @@ def table2(shard: tuple[int, int] | None, seeds: tuple[int, ...] = SEEDS) -> Non
             for row in ROWS:
                 if shard is None or _mine(k, shard):
                     lr = lrs[row.key]
-                    c = cells.compute(
-                        run_key(row, lr, f"a{alpha:g}", seed),
-                        lambda row=row, lr=lr, alpha=alpha, seed=seed: {
-                            "lr": lr,
-                            **run_cell(config(row, lr, alpha, seed)),
-                        },
-                    )
+                    key = run_key(row, lr, f"a{alpha:g}", seed)
+                    c = run_cached(cells, key, row, lr, alpha, seed)
                     print(f"{row.key} a{alpha:g} s{seed}: {c['worst']:.4f}", flush=True)
                 k += 1
 
@@ -328,14 +329,8 @@ def supplement(shard: tuple[int, int] | None) -> None:
         for seed in SEEDS:
             k = ROWS.index(row) * len(SEEDS) + seed  # the same in every shard
             if shard is None or _mine(k, shard):
-                lr, alpha = lrs[row.key] * SUPPLEMENT_MULT, ALPHAS[-1]
-                c = cells.compute(
-                    run_key(row, lr, f"a{alpha:g}", seed),
-                    lambda row=row, lr=lr, alpha=alpha, seed=seed: {
-                        "lr": lr,
-                        **run_cell(config(row, lr, alpha, seed)),
-                    },
-                )
+                lr = lrs[row.key] * SUPPLEMENT_MULT
+                c = run_cached(cells, run_key(row, lr, setting, seed), row, lr, ALPHAS[-1], seed)
                 print(f"supplement {row.key} lr {lr:g} s{seed}: {c['worst']:.4f}", flush=True)
 
 
@@ -349,14 +344,9 @@ def table5(shard: tuple[int, int] | None, seeds: tuple[int, ...] = SEEDS) -> Non
                 if shard is None or _mine(k, shard):
                     lr = lrs[row.key]
                     fill = "latest" if row.algorithm == "relaysgd" else "initial"
-                    c = cells.compute(
-                        run_key(row, lr, f"p{p:g}", seed),
-                        lambda row=row, lr=lr, p=p, seed=seed, fill=fill: {
-                            "lr": lr,
-                            **run_cell(
-                                config(row, lr, TABLE5_ALPHA, seed, drop_probability=p, fill=fill)
-                            ),
-                        },
+                    key = run_key(row, lr, f"p{p:g}", seed)
+                    c = run_cached(
+                        cells, key, row, lr, TABLE5_ALPHA, seed, drop_probability=p, fill=fill
                     )
                     print(f"{row.key} p{p:g} s{seed}: {c['worst']:.4f}", flush=True)
                 k += 1
