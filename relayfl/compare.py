@@ -45,7 +45,7 @@ import numpy as np
 from relayfl.algorithms import ALGORITHMS
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
-from relayfl.results import RunResult
+from relayfl.results import RunResult, json_default
 
 __all__ = [
     "COMPARE_ALGORITHMS",
@@ -234,19 +234,11 @@ class CompareResult:
             "runs": [r.to_dict() for r in self.runs],
         }
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=_json_default))
+        tmp.write_text(json.dumps(data, indent=1, default=json_default))
         tmp.replace(path)
         _write_csv(out / "summary.csv", self.summary)
         _write_csv(out / "runs.csv", [_run_row(r) for r in self.runs])
         return path
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "EvalRecord", "RunResult", "library_versions"]
+__all__ = ["SCHEMA_VERSION", "EvalRecord", "RunResult", "json_default", "library_versions"]
 
 SCHEMA_VERSION = 1
 
@@ -165,7 +165,7 @@ class RunResult:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "results.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=json_default))
         tmp.replace(path)  # never a half-written results.json
         self.write_csv(out / "evaluations.csv")
         return path
@@ -192,7 +192,8 @@ class RunResult:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=)`` for tensors and arrays (``tolist``) and paths."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):
