@@ -8,6 +8,8 @@ exit code.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RelayflError(Exception):
     """Base of every error relayfl raises on purpose; the CLI prints it as one line."""
@@ -35,3 +37,24 @@ class DataError(RelayflError, FileNotFoundError):
 
 class TransportError(RelayflError, ConnectionError):
     """A message could not be delivered, or a received message was rejected."""
+
+
+class DivergenceError(RelayflError, FloatingPointError):
+    """Training diverged (non-finite loss or parameters, or parameters blown up).
+
+    ``result`` holds the run so far (a ``RunResult`` with ``status="diverged"``) when the
+    command that raised it could build one, so the evaluations made before are kept.
+    """
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class RunInterrupted(RelayflError, KeyboardInterrupt):
+    """The user stopped a run (Ctrl-C, SIGTERM); ``result`` holds the run so far
+    (``status="interrupted"``) when one could be built."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -15,9 +15,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "EvalRecord", "RunResult", "json_default", "library_versions"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "EvalRecord",
+    "RunResult",
+    "json_default",
+    "library_versions",
+]
 
 SCHEMA_VERSION = 1
+
+#: How a run ended, ``RunResult.status``: ran every step, stopped by the user
+#: (Ctrl-C / SIGTERM), or stopped because training diverged.
+STATUSES = ("completed", "interrupted", "diverged")
 
 
 @dataclass
@@ -90,6 +101,8 @@ class RunResult:
         Which engine ran (``batched``, ``loop``, ``flower``, ``node``).
     extra : dict
         Anything else a command wants to keep (e.g. drops, dead nodes).
+    status : str
+        One of :data:`STATUSES`: ``completed``, ``interrupted`` or ``diverged``.
     """
 
     config: dict[str, Any]
@@ -100,6 +113,7 @@ class RunResult:
     wall_s: float = 0.0
     engine: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    status: str = "completed"
     schema: int = SCHEMA_VERSION
     #: Final flat parameters of every worker, Tensor[n, d] (in memory only, not saved).
     models: Any = field(default=None, repr=False, compare=False)
