@@ -148,6 +148,7 @@ class Node(Liveness, StepProtocol):
             peers=frozenset(self.neighbors),
             token=token,
             max_payload_bytes=max(self.numels) * itemsize,
+            frame_sizes=frozenset(k * itemsize for k in self.numels),
         )
         self._lock = threading.RLock()
         self._cv = threading.Condition(self._lock)
