@@ -17,6 +17,7 @@ certificates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import ipaddress
 import os
@@ -57,8 +58,12 @@ def load_tls(directory: str | Path, node: int) -> TlsFiles:
     Raises
     ------
     ConfigError
-        A file is missing; the message names it and the command that makes it.
+        A file is missing, the key is not a private key matching the certificate (a
+        garbage file, or another node's key), or ``ca.pem`` is not a certificate; the
+        message names the file and the fix.
     """
+    import ssl
+
     folder = Path(directory)
     files = TlsFiles(folder / "ca.pem", folder / f"node-{node}.pem", folder / f"node-{node}.key")
     for path in (files.ca_path, files.cert_path, files.key_path):
@@ -69,6 +74,22 @@ def load_tls(directory: str | Path, node: int) -> TlsFiles:
                 f"node-{node}.pem and node-{node}.key to this node (or pass --insecure on "
                 "loopback only)"
             )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(files.cert_path, files.key_path)
+    except ssl.SSLError as err:
+        raise ConfigError(
+            f"{files.key_path} is not a private key matching {files.cert_path} "
+            f"({err.reason or err}); copy node-{node}.key and node-{node}.pem of the same "
+            "`relayfl certs` run to this node"
+        ) from None
+    try:
+        context.load_verify_locations(cafile=str(files.ca_path))
+    except ssl.SSLError as err:
+        raise ConfigError(
+            f"{files.ca_path} is not a CA certificate ({err.reason or err}); copy the "
+            "run's ca.pem from `relayfl certs`"
+        ) from None
     return files
 
 
@@ -80,9 +101,16 @@ def _host_of(address: str | None) -> str | None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only (0600), whatever lies in the
+    folder: a stale ``.tmp`` (with another mode, or a symlink) is removed, and the new
+    one is created exclusively, never followed, and set to 0600 before the key goes in."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
     with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)
         fh.write(data)
     tmp.replace(path)
 

@@ -76,7 +76,8 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
         "--mutual-tls",
         dest="mutual_tls",
         action="store_true",
-        help="also require and check the connecting peer's certificate",
+        help="require and check the connecting peer's certificate (the default with "
+        "--certificates)",
     )
     g.add_argument(
         "--insecure", action="store_true", help="no TLS (loopback demos only; prints a warning)"
@@ -138,7 +139,13 @@ def add_commands(sub: argparse._SubParsersAction, add_run_options: Callable) -> 
         "--peers-from-stdin", dest="peers_from_stdin", action="store_true", help=argparse.SUPPRESS
     )
     _add_node_options(node)
-    node.set_defaults(handler=_node_main)
+    node.set_defaults(handler=_node_main, mutual_tls=None)
+    node.add_argument(
+        "--no-mutual-tls",
+        dest="mutual_tls",
+        action="store_false",
+        help="with certificates, do not require client certificates (prints a warning)",
+    )
 
     launch = sub.add_parser(
         "launch",

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from relayfl import topology
 from relayfl.config import RunConfig
-from relayfl.errors import ConfigError, TransportError
+from relayfl.errors import ConfigError, RelayflError, TransportError
 from relayfl.node.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from relayfl.node.checks import MessageCheck, step_window
 from relayfl.node.events import EventLog
@@ -176,6 +176,7 @@ class Node(Liveness, StepProtocol):
         self._bytes_base = (0, 0)
         self._resumed: dict[str, Any] | None = None
         self._x: Tensor | None = None
+        self._last_checkpoint = 0
 
     # ------------------------------------------------------------------ transport callbacks
     def on_reject(self, kind: str, source: str, detail: str) -> None:
@@ -211,12 +212,19 @@ class Node(Liveness, StepProtocol):
     def run(self) -> RunResult:
         """Start, rendezvous, train every step, linger, and return this node's result."""
         if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.events.open(self.out / "log.jsonl")
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.events.open(self.out / "log.jsonl")
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot write into --out {self.out} ({err.strerror or err}); pass a "
+                    "writable folder"
+                ) from None
         beat = threading.Thread(target=self._heartbeat_loop, name="relayfl-heartbeat", daemon=True)
         try:
             checkpoint = self._load_checkpoint() if self.options.resume else None
             if checkpoint is not None:  # answer status calls with the checkpoint's step
+                self._last_checkpoint = int(checkpoint["round"])
                 with self._lock:
                     self._cur = int(checkpoint["round"])
             own = self.transport.start(self.spec, self)
@@ -388,18 +396,7 @@ class Node(Liveness, StepProtocol):
         self._x = x
         result = self.result()
         if self.out is not None:
-            result.save(self.out)
-            torch.save(
-                {
-                    "node": self.id,
-                    "step": config.steps,
-                    "x": x.detach().cpu(),
-                    "state_dict": unpack(x.detach().cpu(), self.trainer.layout)
-                    if hasattr(self.trainer, "layout")
-                    else None,
-                },
-                self.out / "model.pt",
-            )
+            self._save_result(result, x)
         self._event(
             "done",
             step=config.steps,
@@ -409,6 +406,30 @@ class Node(Liveness, StepProtocol):
             text=f"finished {config.steps} steps",
         )
         return result
+
+    def _save_result(self, result: RunResult, x: Tensor) -> None:
+        """``results.json`` and ``model.pt`` (RelayflError, one line, when they cannot
+        be written: the run's result must not be lost silently)."""
+        assert self.out is not None
+        try:
+            result.save(self.out)
+            torch.save(
+                {
+                    "node": self.id,
+                    "step": self.config.steps,
+                    "x": x.detach().cpu(),
+                    "state_dict": unpack(x.detach().cpu(), self.trainer.layout)
+                    if hasattr(self.trainer, "layout")
+                    else None,
+                },
+                self.out / "model.pt",
+            )
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+            raise RelayflError(
+                f"cannot write the results of node {self.id} to {self.out}: "
+                f"{getattr(err, 'strerror', None) or str(err).splitlines()[0]}; free space or "
+                "point --out elsewhere (the run itself finished)"
+            ) from None
 
     def _linger(self) -> None:
         """Keep answering until every neighbour is done or dead (bounded)."""
@@ -520,7 +541,26 @@ class Node(Liveness, StepProtocol):
             "bytes": self._bytes(),
             "drops": dict(self._drops),
         }
-        save_checkpoint(self.out / CHECKPOINT, state)
+        path = self.out / CHECKPOINT
+        try:
+            save_checkpoint(path, state)
+        except OSError as err:
+            # the neighbours depend on this node: keep training on the last good one
+            kept = f"{path} of step {self._last_checkpoint}" if self._last_checkpoint else "none"
+            self._event(
+                "checkpoint-failed",
+                round=next_round,
+                path=str(path),
+                error=err.strerror or str(err),
+                errno=err.errno,
+                level=logging.ERROR,
+                text=(
+                    f"cannot write checkpoint {path}: {err.strerror or err}; free space or "
+                    f"point --out elsewhere; training goes on (last good checkpoint: {kept})"
+                ),
+            )
+            return
+        self._last_checkpoint = next_round
         self._event("checkpoint", round=next_round)
 
     def _load_checkpoint(self) -> dict[str, Any]:

@@ -48,14 +48,22 @@ def _node_setup(args: argparse.Namespace) -> tuple[Any, Any, dict[int, str] | No
     from relayfl.config import RunConfig
 
     addresses: dict[int, str] | None = None
+    topo = getattr(args, "topology", None)
+    if topo and topo not in topology.NAMES and not Path(topo).is_file():
+        raise ConfigError(
+            f"topology file {topo} does not exist; pass an existing file or one of "
+            f"{', '.join(topology.NAMES)}"
+        )
     if args.config:
         path = Path(args.config)
         if not path.is_file():
             raise ConfigError(f"--config {path} does not exist")
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ConfigError(f"--config {path} is not a readable JSON file ({err})") from None
         config = RunConfig.from_dict(data.get("config", data))
     else:
-        topo = args.topology
         if topo and Path(topo).is_file() and args.num_clients is None:
             args.num_clients = topology.load_graph(topo).number_of_nodes()
         if args.num_clients is None and args.peers:
@@ -100,7 +108,50 @@ def _stdin_addresses(own: dict[str, str]) -> dict[int, str]:
     return book
 
 
+def _listen_addresses(
+    args: argparse.Namespace, addresses: dict[int, str] | None, me: int
+) -> tuple[str, str]:
+    """The control and data ``host:port`` to listen on, checked (ports 0..65535)."""
+    from relayfl.transport.grpc import split_address
+
+    listen = args.listen
+    if listen is None:
+        own = (addresses or {}).get(me)
+        if own is None:
+            raise ConfigError(
+                f"no address for node {me}: pass --listen HOST:PORT, or list it in the "
+                "topology file or --peers"
+            )
+        listen = f"0.0.0.0:{split_address(own)[1]}"
+    host, port = split_address(listen, option="--listen")
+    data_listen = args.data_listen
+    if data_listen is None:
+        if port == 65535:
+            raise ConfigError(
+                "--listen port 65535 leaves no port for the data stream (port + 1); pick a "
+                "lower port, or pass --data-listen"
+            )
+        data_listen = f"{host}:{port + 1 if port else 0}"
+    split_address(data_listen, option="--data-listen")
+    return listen, data_listen
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    """``--out`` must be a folder (or not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a file, not a folder; pass a folder for the node's logs, "
+            "results and checkpoint"
+        )
+    if resume and not (out / "checkpoint.pt").is_file():
+        raise ConfigError(
+            f"--resume found no checkpoint at {out / 'checkpoint.pt'}; pass the node's "
+            "original --out folder, or start without --resume"
+        )
+
+
 def node_main(args: argparse.Namespace) -> int:
+    """Run ``relayfl node`` (every bad input is a :class:`ConfigError` before any work)."""
     import torch
 
     from relayfl.certs import load_tls
@@ -116,6 +167,11 @@ def node_main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config, graphs, addresses = _node_setup(args)
     me = args.node_id
+    n = config.num_clients
+    if not 0 <= me < n:
+        raise ConfigError(f"--id {me} is not in the topology (0..{n - 1}); pass an id below {n}")
+    out = Path(args.out) if args.out else Path("results") / f"node-{me}"
+    _check_out(out, args.resume)
     if args.insecure and args.certificates:
         raise ConfigError("pass either --certificates DIR or --insecure, not both")
     if not args.insecure and not args.certificates:
@@ -126,41 +182,33 @@ def node_main(args: argparse.Namespace) -> int:
     tls = load_tls(args.certificates, me) if args.certificates else None
     if args.mutual_tls and tls is None:
         raise ConfigError("--mutual-tls needs --certificates DIR")
+    # with certificates, check who connects (as `relayfl launch` does): a token holder
+    # cannot pose as another neighbour. --no-mutual-tls opts out.
+    mutual = tls is not None and args.mutual_tls is not False
     token = run_token(args)
+    listen, data_listen = _listen_addresses(args, addresses, me)
     if args.insecure:
         log.warning("node %d: %s", me, INSECURE_BANNER)
-    elif not token and not args.mutual_tls:
+    elif not mutual:
         log.warning(
-            "node %d: no run token and no --mutual-tls: any host with a certificate-checking "
-            "client can connect; pass --token-file or --mutual-tls",
+            "node %d: --no-mutual-tls: connecting peers are not asked for a certificate, so "
+            "any holder of the run token can pose as any neighbour%s",
             me,
+            "" if token else ", and there is no run token: anyone can connect",
         )
-    listen = args.listen
-    if listen is None:
-        own = (addresses or {}).get(me)
-        if own is None:
-            raise ConfigError(
-                f"no address for node {me}: pass --listen HOST:PORT, or list it in the "
-                "topology file or --peers"
-            )
-        listen = f"0.0.0.0:{own.rpartition(':')[2]}"
-    data_listen = args.data_listen
-    if data_listen is None:
-        host, _, port = listen.rpartition(":")
-        data_listen = f"{host}:{int(port) + 1 if int(port) else 0}"
     from relayfl.transport.grpc import GrpcTransport
 
     transport = GrpcTransport(
         listen,
         data_listen,
         tls=tls,
-        mutual_tls=args.mutual_tls,
+        mutual_tls=mutual,
         send_timeout=max(60.0, args.step_timeout * 2),
         logger=logging.getLogger("relayfl.transport"),
     )
     options = NodeConfig(
         node_id=me,
-        out=Path(args.out) if args.out else Path("results") / f"node-{me}",
+        out=out,
         step_timeout=args.step_timeout,
         dead_after=args.dead_after,
         heartbeat=args.heartbeat,

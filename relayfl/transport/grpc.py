@@ -104,19 +104,31 @@ _REFUSAL_CODES = {
 }
 
 
-def split_address(address: str) -> tuple[str, int]:
+def split_address(address: str, option: str = "address") -> tuple[str, int]:
     """``"host:port"`` (or ``"[v6]:port"``) as ``(host, port)``.
+
+    Parameters
+    ----------
+    address : str
+    option : str, default "address"
+        How the message names the value (e.g. ``"--listen"``).
 
     Raises
     ------
     ConfigError
-        The address has no port; the message shows the expected form.
+        The address has no host or port, or the port is outside 0..65535; the message
+        shows the value and the expected form.
     """
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ConfigError(
-            f"address {address!r} is not host:port; write e.g. 192.168.1.20:7000 or "
+            f"{option} {address!r} is not host:port; write e.g. 192.168.1.20:7000 or "
             "127.0.0.1:0 (port 0 picks a free port)"
+        )
+    if int(port) > 65535:
+        raise ConfigError(
+            f"{option} {address!r}: port {port} is outside 0..65535; pick a port in range "
+            "(0 picks a free port)"
         )
     return host.strip("[]"), int(port)
 
