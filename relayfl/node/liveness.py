@@ -205,7 +205,12 @@ class Liveness:
         with ThreadPoolExecutor(
             max_workers=max(1, len(self.neighbors)), thread_name_prefix="relayfl-beat"
         ) as pool:
+            last = time.monotonic()
             while not self._stop.is_set():
+                now = time.monotonic()
+                if now - last > max(3 * opts.heartbeat, opts.dead_after / 2):
+                    self._woke_up(now - last)
+                last = now
                 status = self._status()
                 for j in self.neighbors:
                     with self._lock:
@@ -217,6 +222,27 @@ class Liveness:
                     future.add_done_callback(lambda f, j=j: self._on_reply(j, f))
                 self._check_deaths()
                 self._stop.wait(opts.heartbeat)
+
+    def _woke_up(self, gap: float) -> None:
+        """This node was frozen for ``gap`` seconds (SIGSTOP, a closed laptop lid, a
+        long GC or swap pause): its neighbours' silence is its own. Restart their
+        dead-after clocks so they are judged on fresh heartbeats, not the stale clock."""
+        now = time.monotonic()
+        with self._lock:
+            for p in self._peers.values():
+                if p.last_seen is not None and not p.dead:
+                    p.last_seen = max(p.last_seen, now)
+            step = self._cur
+        self._event(
+            "paused",
+            step=step,
+            gap_s=round(gap, 2),
+            level=logging.WARNING,
+            text=(
+                f"this node was frozen for {gap:.1f} s (at step {step}); judging the "
+                "neighbours on fresh heartbeats before declaring any dead"
+            ),
+        )
 
     def _on_reply(self, j: int, future: Future) -> None:
         with self._lock:

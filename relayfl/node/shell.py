@@ -108,6 +108,19 @@ def _stdin_addresses(own: dict[str, str]) -> dict[int, str]:
     return book
 
 
+class _Formatter(logging.Formatter):
+    """Timestamped lines; errors the node survives (a checkpoint on a full disk) read
+    like the CLI's one-line errors: ``relayfl: error: ...``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s relayfl %(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.ERROR and not record.exc_info:
+            return f"relayfl: error: {record.getMessage()}"
+        return super().format(record)
+
+
 def _listen_addresses(
     args: argparse.Namespace, addresses: dict[int, str] | None, me: int
 ) -> tuple[str, str]:
@@ -157,11 +170,9 @@ def node_main(args: argparse.Namespace) -> int:
     from relayfl.certs import load_tls
     from relayfl.node import Node, NodeConfig, load_trainer
 
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s relayfl %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     log = logging.getLogger("relayfl.node")
     if args.threads:
         torch.set_num_threads(args.threads)
