@@ -634,15 +634,14 @@ class GrpcTransport:
         off (50 ms doubling to 1 s) and tries again. Connections past the caps
         (:data:`MAX_HANDSHAKES` in their handshake, a few per neighbour in all) are
         closed at once and reported as ``busy``."""
-        listener = self._listener
-        if listener is None:
+        if self._listener is None:
             return
-        listener.settimeout(0.25)  # wake up to enforce the handshake deadlines
+        self._listener.settimeout(0.25)  # wake up to enforce the handshake deadlines
         backoff = 0.0
         while not self._closed:
             self._reap_handshakes()
             try:
-                conn, addr = listener.accept()
+                conn, addr = self._listener.accept()
             except TimeoutError:
                 continue
             except OSError as err:
