@@ -20,7 +20,7 @@ from typing import Any
 
 from relayfl.errors import ConfigError
 
-__all__ = ["INSECURE_BANNER", "node_main", "run_token"]
+__all__ = ["INSECURE_BANNER", "node_main", "run_token", "security"]
 
 INSECURE_BANNER = (
     "WARNING: --insecure: no TLS. Models and the run token cross the network in "
@@ -163,11 +163,54 @@ def _check_out(out: Path, resume: bool) -> None:
         )
 
 
+def security(
+    args: argparse.Namespace, me: int, log: logging.Logger
+) -> tuple[Any, bool, str | None]:
+    """TLS files, whether mutual TLS is on, and the run token of ``relayfl node``.
+
+    With ``--certificates`` mutual TLS is on unless ``--no-mutual-tls`` (as in
+    ``relayfl launch``): a connecting peer must then present the certificate of the
+    node it claims to be, so a token holder cannot pose as another neighbour. Opting
+    out, and ``--insecure``, print a warning.
+
+    Raises
+    ------
+    ConfigError
+        Neither or both of ``--certificates`` and ``--insecure``, missing or mismatched
+        certificate files, ``--mutual-tls`` without certificates, a bad token file.
+    """
+    from relayfl.certs import load_tls
+
+    if args.insecure and args.certificates:
+        raise ConfigError("pass either --certificates DIR or --insecure, not both")
+    if not args.insecure and not args.certificates:
+        raise ConfigError(
+            "no --certificates: make them with `relayfl certs --topology TOPOLOGY.json --out "
+            "certs` and pass --certificates certs, or pass --insecure for a loopback demo"
+        )
+    tls = load_tls(args.certificates, me) if args.certificates else None
+    if args.mutual_tls and tls is None:
+        raise ConfigError("--mutual-tls needs --certificates DIR")
+    # with certificates, check who connects (as `relayfl launch` does): a token holder
+    # cannot pose as another neighbour. --no-mutual-tls opts out.
+    mutual = tls is not None and args.mutual_tls is not False
+    token = run_token(args)
+    if args.insecure:
+        log.warning("node %d: %s", me, INSECURE_BANNER)
+    elif not mutual:
+        log.warning(
+            "node %d: --no-mutual-tls: connecting peers are not asked for a certificate, so "
+            "any holder of the run token can pose as any neighbour%s",
+            me,
+            "" if token else ", and there is no run token: anyone can connect",
+        )
+    return tls, mutual, token
+
+
 def node_main(args: argparse.Namespace) -> int:
     """Run ``relayfl node`` (every bad input is a :class:`ConfigError` before any work)."""
     import torch
 
-    from relayfl.certs import load_tls
     from relayfl.node import Node, NodeConfig, load_trainer
 
     handler = logging.StreamHandler(sys.stderr)
@@ -183,30 +226,8 @@ def node_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--id {me} is not in the topology (0..{n - 1}); pass an id below {n}")
     out = Path(args.out) if args.out else Path("results") / f"node-{me}"
     _check_out(out, args.resume)
-    if args.insecure and args.certificates:
-        raise ConfigError("pass either --certificates DIR or --insecure, not both")
-    if not args.insecure and not args.certificates:
-        raise ConfigError(
-            "no --certificates: make them with `relayfl certs --topology TOPOLOGY.json --out "
-            "certs` and pass --certificates certs, or pass --insecure for a loopback demo"
-        )
-    tls = load_tls(args.certificates, me) if args.certificates else None
-    if args.mutual_tls and tls is None:
-        raise ConfigError("--mutual-tls needs --certificates DIR")
-    # with certificates, check who connects (as `relayfl launch` does): a token holder
-    # cannot pose as another neighbour. --no-mutual-tls opts out.
-    mutual = tls is not None and args.mutual_tls is not False
-    token = run_token(args)
+    tls, mutual, token = security(args, me, log)
     listen, data_listen = _listen_addresses(args, addresses, me)
-    if args.insecure:
-        log.warning("node %d: %s", me, INSECURE_BANNER)
-    elif not mutual:
-        log.warning(
-            "node %d: --no-mutual-tls: connecting peers are not asked for a certificate, so "
-            "any holder of the run token can pose as any neighbour%s",
-            me,
-            "" if token else ", and there is no run token: anyone can connect",
-        )
     from relayfl.transport.grpc import GrpcTransport
 
     transport = GrpcTransport(
