@@ -764,7 +764,9 @@ def merge_results(config: RunConfig, out: Path, n: int, graphs: Any) -> RunResul
         consensus = float(((have - have.mean(0, keepdim=True)) ** 2).sum(1).mean())
         if evaluations and evaluations[-1].step == config.steps:
             evaluations[-1].consensus_distance = consensus
-    gone = {e["neighbor"] for e in dead} - revived
+    # a node that wrote its results finished the run: it is in no dead part, even if a
+    # neighbour declared it dead (a pause, a partition) and finished before it was back
+    gone = {e["neighbor"] for e in dead} - revived - set(extras)
     task_info: dict[str, Any] = {}
     for k in sorted(extras):  # every node of the run holds the same split
         info = RunResult.load(out / "nodes" / f"node-{k}").task

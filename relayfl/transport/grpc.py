@@ -281,14 +281,6 @@ class _Link:
         self.t._count_sent(len(head) + len(payload))
 
 
-def _host(source: str) -> str:
-    """The host of a peer address (``"1.2.3.4:5"``, ``"ipv4:1.2.3.4:5"``)."""
-    for prefix in ("ipv4:", "ipv6:"):
-        source = source.removeprefix(prefix)
-    host, sep, port = source.rpartition(":")
-    return host.strip("[]") if sep and port.isdigit() else source
-
-
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
     buf = bytearray(size)
     view = memoryview(buf)
