@@ -174,9 +174,9 @@ def _run(out: Path, storm: bool) -> tuple[float, float, Storm | None]:
     config = RunConfig(
         num_clients=N,
         topology="binary-tree",
-        steps=60,
+        steps=150,
         batch_size=16,
-        eval_every=60,
+        eval_every=150,
         eval_limit=60,
         seed=9,
         engine="loop",

@@ -717,8 +717,9 @@ class GrpcTransport:
                     tls_conn = self._server_ctx.wrap_socket(conn, server_side=True)
                 except (ssl.SSLError, OSError) as err:
                     reason = getattr(err, "reason", None) or str(err)
+                    kind = "handshake-timeout" if isinstance(err, TimeoutError) else None
                     self._refuse_handshake(
-                        fd, source, "bad-certificate", f"TLS handshake failed ({reason})"
+                        fd, source, kind or "bad-certificate", f"TLS handshake failed ({reason})"
                     )
                     return
                 with self._lock:
@@ -770,6 +771,11 @@ class GrpcTransport:
             self._refuse_handshake(fd, source, err.kind, err.detail)
             with contextlib.suppress(OSError):
                 conn.sendall(encode({"kind": "refused", "reason": str(err)}))
+            return None
+        except TimeoutError:
+            self._refuse_handshake(
+                fd, source, "handshake-timeout", f"no hello within {HANDSHAKE_TIMEOUT:g} s"
+            )
             return None
         except (OSError, EOFError):
             self._refuse_handshake(fd, source, "truncated", "connection closed during its hello")

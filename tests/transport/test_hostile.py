@@ -261,3 +261,27 @@ def test_hostile_json_is_malformed_on_both_ports(node, junk: bytes, caplog) -> N
     assert recorder.wait_for("malformed", 2) == 2
     assert not [r for r in caplog.records if r.exc_info]
     assert _status_call(own, _good_status())  # still serving
+
+
+def test_a_dripping_tls_handshake_is_cut_and_reported_as_a_timeout(tmp_path, monkeypatch) -> None:
+    """Under mutual TLS, a client dripping its ClientHello is cut at the deadline and
+    logged as ``handshake-timeout`` (not as a certificate problem)."""
+    from relayfl.certs import load_tls, make_certificates
+
+    monkeypatch.setattr(transport_grpc, "HANDSHAKE_TIMEOUT", 1.0)
+    certs = make_certificates(tmp_path, {0: "127.0.0.1", 1: "127.0.0.1"})
+    transport = GrpcTransport(tls=load_tls(certs, 0), mutual_tls=True)
+    recorder = Recorder()
+    transport.start(LinkSpec(0, RUN, frozenset({1}), TOKEN, 4 * D), recorder)
+    try:
+        with socket.create_connection(("127.0.0.1", transport.data_port), timeout=5) as sock:
+            for i in range(8):  # a TLS record header, one byte each 0.4 s (3.2 s at most)
+                with contextlib.suppress(OSError):
+                    sock.send(b"\x16\x03\x01"[i % 3 : i % 3 + 1])
+                if recorder.kinds():
+                    break
+                time.sleep(0.4)
+        assert recorder.wait_for("handshake-timeout") == 1
+        assert recorder.kinds() == ["handshake-timeout"]
+    finally:
+        transport.close(timeout=2)
