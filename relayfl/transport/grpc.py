@@ -381,6 +381,12 @@ class GrpcTransport:
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", CONTROL_LIMIT),
                 ("grpc.max_send_message_length", CONTROL_LIMIT),
+                # bound what a flood of callers can make gRPC core buffer: no window
+                # growth (BDP probing), one control-sized window per stream, few
+                # streams per connection (a neighbour has one call in flight)
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", CONTROL_LIMIT),
+                ("grpc.max_concurrent_streams", 4),
             ],
         )
         server.add_generic_rpc_handlers(
