@@ -70,8 +70,7 @@ class Storm:
     def data_port(self, k: int) -> int:
         return int(self.run.procs[k].data.rsplit(":", 1)[1])
 
-    def start(self) -> list[threading.Thread]:
-        attacks = [self.idle_bursts, self.drips, self.junk, self.control_flood]
+    def start(self, attacks: list) -> list[threading.Thread]:
         threads = [threading.Thread(target=self._guard, args=(a,), daemon=True) for a in attacks]
         for t in threads:
             t.start()
@@ -194,13 +193,16 @@ def _run(out: Path, storm: bool) -> tuple[float, float, Storm | None]:
     peak, attack = 0.0, None
     with Launcher(config, options) as run:
         run.start()
+        threads: list[threading.Thread] = []
+        if storm:  # the drips from the rendezvous on: the handshake deadline is 10 s
+            listening = next(e for e in _events(out, 0) if e["event"] == "listening")
+            attack = Storm(run, out / "certificates", listening["run_id"])
+            threads += attack.start([attack.drips])
         assert all(run.wait_step(k, 1, timeout=120) for k in range(N))
         pids = [p.popen.pid for p in run.procs.values()]
         t0 = time.monotonic()
-        if storm:
-            listening = next(e for e in _events(out, 0) if e["event"] == "listening")
-            attack = Storm(run, out / "certificates", listening["run_id"])
-            threads = attack.start()
+        if attack is not None:
+            threads += attack.start([attack.idle_bursts, attack.junk, attack.control_flood])
         done = threading.Event()
 
         def sample() -> None:
@@ -228,7 +230,6 @@ def test_eight_nodes_over_mutual_tls_finish_unharmed_through_a_storm(tmp_path: P
     quiet_mb, quiet_s, _ = _run(tmp_path / "quiet", storm=False)
     storm_mb, storm_s, storm = _run(tmp_path / "storm", storm=True)
     assert storm is not None and not storm.errors, storm.errors
-    assert storm_s > 12, "the run ended before the storm did (lengthen it)"
     for k in range(N):
         a = torch.load(tmp_path / "quiet" / "nodes" / f"node-{k}" / "model.pt")["x"]
         b = torch.load(tmp_path / "storm" / "nodes" / f"node-{k}" / "model.pt")["x"]
@@ -240,7 +241,7 @@ def test_eight_nodes_over_mutual_tls_finish_unharmed_through_a_storm(tmp_path: P
         for k in (0, 2, 4, 5)
     }
     assert "busy" in kinds[0], kinds
-    assert "handshake-timeout" in kinds[2], kinds
+    assert "handshake-timeout" in kinds[2], ("the run ended before the drips' deadline", kinds)
     assert {"bad-certificate", "wrong-shape", "wrong-dtype"} <= kinds[5], kinds
     assert "wrong-token" in kinds[4], kinds
     print(
