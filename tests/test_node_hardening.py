@@ -302,3 +302,47 @@ def test_a_node_waking_from_a_pause_judges_neighbours_on_fresh_heartbeats() -> N
         p.last_seen = time.monotonic() - 3.0
     node._check_deaths()
     assert all(p.dead for p in node._peers.values())
+
+
+@pytest.mark.slow
+def test_a_node_stopped_past_dead_after_wakes_without_declaring_anyone_dead(
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP node 2 of a chain for longer than --dead-after, then SIGCONT: it logs
+    the pause and declares nobody dead (its neighbour, which really saw it go silent,
+    may); everyone finishes, and the merged result's parts and finished agree."""
+    import signal
+
+    from relayfl.launch import Launcher, LaunchOptions
+
+    config = RunConfig(
+        num_clients=3, topology="chain", steps=100, batch_size=16, eval_every=100, seed=5
+    )
+    options = LaunchOptions(
+        out=tmp_path,
+        insecure=True,
+        step_timeout=30.0,
+        dead_after=1.5,
+        heartbeat=0.25,
+        startup_timeout=120.0,
+        checkpoint_every=0,
+    )
+    with Launcher(config, options) as run:
+        run.start()
+        assert run.wait_step(2, 5, timeout=120)
+        pid = run.procs[2].popen.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(4.0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert run.procs[2].step < config.steps, "the run ended before the pause"
+        run.run(timeout=150)
+        result = run.collect()
+        assert run.failed() is None
+    assert _events(tmp_path / "nodes" / "node-2", "dead") == []
+    events = _events(tmp_path / "nodes" / "node-2", "paused")
+    assert len(events) == 1 and events[0]["gap_s"] >= 3.0
+    assert result.extra["finished"] == [0, 1, 2]
+    assert result.extra["parts"] == [[0, 1, 2]]
+    assert result.final.step == config.steps
