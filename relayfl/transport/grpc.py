@@ -686,16 +686,20 @@ class GrpcTransport:
         ``recv``) outlived :data:`HANDSHAKE_TIMEOUT`; their reader then ends."""
         now = time.monotonic()
         with self._lock:
+            if self._closed:  # close() closes the sockets after setting this (under the lock)
+                return
             for fd, deadline in list(self._handshaking.items()):
                 if now > deadline:
                     del self._handshaking[fd]
+                    self._timed_out.add(fd)
                     # by fd: TLS wrapping detaches the accepted socket object. Safe under
                     # the lock: _serve ends the entry (under it) before closing the fd.
-                    sock = socket.socket(fileno=fd)
                     with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-                    sock.detach()
-                    self._timed_out.add(fd)
+                        sock = socket.socket(fileno=fd)
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)
+                        finally:
+                            sock.detach()
 
     def _end_handshake(self, fd: int) -> bool:
         """End ``fd``'s handshake deadline; False when it had already expired."""
