@@ -452,7 +452,7 @@ def simulate(
             where = ckpt.save(state(done)) if ckpt is not None else None
             raise RunInterrupted(
                 f"stopped after step {done} of {config.steps}"
-                + (f"; checkpoint {where}, continue with --resume" if where else ""),
+                + (f"; checkpoint {where}" if where else ""),
                 result=finish("interrupted"),
             )
     return finish("completed")
