@@ -351,7 +351,7 @@ class _ShardTreeRelay:
         out_pos[out_ids] = torch.arange(len(out_ids))
         self.local_in = local_in.to(device)  # in-edges we also send on (both ends ours)
         self.local_out = out_pos[in_ids[local_in]].to(device)
-        peers = sorted(set(peer_of_out.tolist()) | set(peer_of_in.tolist()) - {rank})
+        peers = sorted((set(peer_of_out.tolist()) | set(peer_of_in.tolist())) - {rank})
         self.sends = {
             p: torch.nonzero(peer_of_out == p).flatten().to(device)
             for p in peers
