@@ -165,11 +165,16 @@ def exchange(
     return got
 
 
+def _others() -> str:
+    """``rank(s) [..]``: every rank but this one (the peers of a collective)."""
+    return f"rank(s) {[r for r in range(dist.get_world_size()) if r != dist.get_rank()]}"
+
+
 def _all_reduce(t: Tensor) -> Tensor:
     try:
         dist.all_reduce(t)
     except Exception as err:
-        raise _fail("all_reduce", err) from None
+        raise _fail(f"all_reduce with {_others()}", err) from None
     return t
 
 
@@ -185,7 +190,7 @@ def _gather_rows(owner: Tensor, world_size: int) -> Callable[[Tensor], Tensor]:
         try:
             dist.all_gather(parts, pad)
         except Exception as err:
-            raise _fail("all_gather", err) from None
+            raise _fail(f"all_gather with {_others()}", err) from None
         rows = torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
         out = torch.empty_like(rows)
         out[order.to(rows.device)] = rows  # back to worker order
@@ -266,7 +271,7 @@ def describe_shard(shard: Shard, graphs: Sequence[nx.Graph]) -> dict:
     try:
         dist.all_gather_object(info, {"host": socket.gethostname(), "device": str(shard.device)})
     except Exception as err:
-        raise _fail("all_gather_object", err) from None
+        raise _fail(f"all_gather_object with {_others()}", err) from None
     return {
         "world_size": shard.world_size,
         "backend": shard.backend,
