@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,8 @@ class SimulationState:
     elapsed_s: float = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """The state as plain dicts and tensors (by reference, not copied)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["evaluations"] = [asdict(e) for e in self.evaluations]
         out["x_start"] = None if self.x_start is self.x else self.x_start  # saved once
         return out
