@@ -211,3 +211,40 @@ def test_hung_rank_ends_the_run_within_the_timeout(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_results_and_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    """SIGINT to `relayfl simulate` mid-run: exit 130, results.json with status
+    interrupted, a checkpoint of the step it stopped at, and the command that resumes;
+    --resume then finishes the run (status completed, every evaluation once)."""
+    args = ["simulate", "--clients", "3", "--steps", "200", "--eval-every", "100",
+            "--model", "mlp", "--engine", "loop", "--batch-size", "4", "--eval-limit", "20",
+            "--checkpoint-every", "10", "--quiet", "--out", str(tmp_path)]  # fmt: skip
+    cmd = [sys.executable, "-m", "relayfl.cli", *args]
+    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "checkpoint.pt").exists():  # stepping: round 10 is saved
+            assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, err
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "interrupted"
+    stopped = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["step"]
+    assert 10 <= stopped < 200
+    assert [e["step"] for e in saved["evaluations"]] == [s for s in (0, 100) if s <= stopped]
+    assert err.splitlines()[-1].strip().endswith("--resume"), err
+    done = subprocess.run([*cmd, "--resume"], env=_env(), capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    final = json.loads((tmp_path / "results.json").read_text())
+    assert final["status"] == "completed"
+    assert [e["step"] for e in final["evaluations"]] == [0, 100, 200]
