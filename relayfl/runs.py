@@ -108,6 +108,11 @@ class LongRun:
         from relayfl import distributed
 
         if distributed.launched():
+            if self.config.algorithm == "sgp":  # refused before any work
+                raise ConfigError(
+                    "sgp does not run split over ranks yet; run it in one process "
+                    "(without torchrun), or use --algorithm dpsgd or relaysgd"
+                )
             distributed.init_from_env(self.config.device, timeout_s=self.dist_timeout)
             self.rank = int(os.environ.get("RANK", "0"))
         if self.tensorboard and self.leader:
