@@ -128,6 +128,14 @@ def test_tensorboard_writes_every_evaluation(tmp_path: Path) -> None:
     assert [e.value for e in events.Scalars("bytes/sent_per_worker")] == [0, 1000, 2000]
 
 
+def test_tensorboard_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relayfl.tensorboard import TensorBoardWriter
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    with pytest.raises(ConfigError, match=r"pip install 'relayfl\[tensorboard\]'"):
+        TensorBoardWriter("unused")
+
+
 # ------------------------------------------------------------------ 2 gloo ranks
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
