@@ -438,6 +438,11 @@ class RelaySum:
         reference-state variant of Table 5; use it on lossy networks, since with ``x0``
         every dropped message pulls the model back towards its start).
     device : torch.device or str, optional
+    shard : relayfl.shard.Shard, optional
+        This rank's workers when the simulation is split over ranks
+        (:mod:`relayfl.distributed`): :meth:`step` then takes and returns ``[n_k, d]``
+        and exchanges the messages on tree edges between ranks through
+        ``shard.exchange``, bitwise equal to the single-process relay.
 
     Examples
     --------
