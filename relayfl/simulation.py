@@ -409,7 +409,7 @@ def simulate(
     rounds, first = 0, 0
     if resume and ckpt is not None:
         st = ckpt.load(device)
-        x, x_start, sent, rounds, first = st.x, st.x_start, st.sent, st.rounds, st.step
+        x, x_start, sent, rounds, first = st.x, st.x_start, st.sent.cpu(), st.rounds, st.step
         lr, train_loss, evaluations[:] = st.lr, st.train_loss, st.evaluations
         optimizer.load_state_dict(st.optimizer)
         mixer.load_state_dict(st.mixer)
