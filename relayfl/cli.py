@@ -293,4 +293,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from relayfl.runs import recorded  # under torchrun: its summary names any failure
+
+    sys.exit(recorded(main)())

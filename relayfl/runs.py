@@ -25,7 +25,7 @@ from relayfl.config import RunConfig
 from relayfl.errors import ConfigError, RelayflError, RunInterrupted
 from relayfl.results import EvalRecord
 
-__all__ = ["LongRun", "add_long_run_options", "error_line", "report_interrupted"]
+__all__ = ["LongRun", "add_long_run_options", "error_line", "recorded", "report_interrupted"]
 
 _GRACE_S = 2.0  # a second signal within this many seconds is torchrun passing Ctrl-C on
 
@@ -205,3 +205,13 @@ def report_interrupted(err: RunInterrupted, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 130
+
+
+def recorded(main: Callable[[], int]) -> Callable[[], int]:
+    """``main`` wrapped in torchrun's ``@record`` when launched by it (an unexpected
+    exception then appears, with its traceback, in torchrun's failure summary)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return main
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(main)
