@@ -144,14 +144,12 @@ class Checkpointer:
         os.replace(tmp, self.path)
         return self.path
 
-    def load(self, device: torch.device) -> SimulationState:
-        """The saved state of this rank, on ``device``.
+    def check(self) -> None:
+        """Refuse at once when there is no checkpoint of this rank count to resume.
 
         Raises
         ------
         ConfigError
-            No checkpoint in the folder, one of another number of ranks, or one of
-            another run configuration.
         """
         if not self.path.is_file():
             others = sorted(p.name for p in self.directory.glob("checkpoint*.pt"))
@@ -165,6 +163,17 @@ class Checkpointer:
                 f"--resume found no checkpoint at {self.path}; pass the run's original "
                 "--out folder, or start without --resume"
             )
+
+    def load(self, device: torch.device) -> SimulationState:
+        """The saved state of this rank, on ``device``.
+
+        Raises
+        ------
+        ConfigError
+            No checkpoint in the folder, one of another number of ranks, or one of
+            another run configuration.
+        """
+        self.check()
         payload = torch.load(self.path, map_location="cpu", weights_only=False)
         if payload.get("version") != VERSION:
             raise ConfigError(

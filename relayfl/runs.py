@@ -115,6 +115,11 @@ class LongRun:
                 )
             distributed.init_from_env(self.config.device, timeout_s=self.dist_timeout)
             self.rank = int(os.environ.get("RANK", "0"))
+        if self.resume:  # no checkpoint, or one of another rank count: before any work
+            from relayfl.checkpoint import Checkpointer
+
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            Checkpointer(self.out, 0, {}, rank=self.rank, world_size=world).check()
         if self.tensorboard and self.leader:
             from relayfl.tensorboard import TensorBoardWriter
 
