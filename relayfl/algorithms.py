@@ -29,6 +29,7 @@ round. Pure tensor code: no I/O, no config objects.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -40,6 +41,9 @@ from relayfl.errors import ConfigError, NotATreeError
 from relayfl.optim import SGD, Adam, QuasiGlobalSGD, make_optimizer
 from relayfl.relay import RelaySum, message_dtype, tree_slices
 from relayfl.typing import Fill
+
+if TYPE_CHECKING:
+    from relayfl.shard import Shard
 
 __all__ = [
     "ALGORITHMS",
@@ -108,6 +112,15 @@ class Mixer:
         """Tensor[n] of int64: bytes each worker sends (= receives) per round."""
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """What the mixer carries from round to round (relay messages, D²'s and gradient
+        tracking's corrections, SGP's round counter), for checkpoints."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; the next :meth:`mix` continues bit for bit."""
+        raise NotImplementedError
+
 
 class Relay(Mixer):
     """RelaySGD (``grad=False``) or RelaySGD/Grad (``grad=True``) on one or more trees."""
@@ -120,6 +133,7 @@ class Relay(Mixer):
         grad: bool = False,
         normalization: str | None = None,
         fill: Fill = "initial",
+        shard: Shard | None = None,
     ) -> None:
         norm = normalization or ("sum" if grad else "world_size")
         self.grad = grad
@@ -129,6 +143,7 @@ class Relay(Mixer):
             initial=None if norm != "world_size" else x0,
             fill=fill,
             device=x0.device,
+            shard=shard,
         )
         self.edges = [(e.src, e.dst) for e in self.relay.edge_indices]
 
@@ -140,6 +155,12 @@ class Relay(Mixer):
 
     def bytes_per_round(self, d: int, dtype: torch.dtype) -> Tensor:
         return self.relay.bytes_per_step(d, dtype)
+
+    def state_dict(self) -> dict:
+        return {"relay": self.relay.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.relay.load_state_dict(state["relay"])
 
 
 class Gossip(Mixer):
@@ -153,11 +174,15 @@ class Gossip(Mixer):
     device : torch.device or str (default: "cpu")
     weight : float, optional
         Uniform edge weight instead of Metropolis-Hastings (section 2.5).
+    shard : relayfl.shard.Shard, optional
+        Split over ranks: ``gossip`` takes and returns this rank's rows ``[n_k, d]`` and
+        fetches the neighbours' rows it needs from their ranks (``shard.exchange``).
 
     Notes
     -----
     A dropped neighbour term is removed and the rest renormalised by the weight that
-    arrived (self weight + kept neighbour weights; section 1.4).
+    arrived (self weight + kept neighbour weights; section 1.4). Sharded, each row sums
+    its terms in the single-process order (bitwise equal results on CPU).
     """
 
     def __init__(
@@ -166,17 +191,71 @@ class Gossip(Mixer):
         device: torch.device | str = "cpu",
         *,
         weight: float | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.graphs = tuple(graphs)
         self.slices = tree_slices(len(self.graphs))
+        self.shard = shard if shard is not None and shard.sharded else None
         self.edges, self._w, self._self_w = [], [], []
+        self._src, self._dst, self._eid = [], [], []  # rows read, rows written, edge ids
+        as_t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
+        if self.shard is not None:
+            self._plan_halo(self.shard)
         for graph in self.graphs:
             W = _topology.gossip_weights(graph, weight=weight)
             src, dst, _ = _topology.edge_index(graph)
-            as_t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
-            self.edges.append((as_t(src).long(), as_t(dst).long()))
-            self._w.append(as_t(W[src, dst]))  # [e]
-            self._self_w.append(as_t(np.diag(W).copy()))  # [n]
+            src_t, dst_t = as_t(src).long(), as_t(dst).long()
+            self.edges.append((src_t, dst_t))
+            w, self_w = as_t(W[src, dst]), as_t(np.diag(W).copy())  # [e], [n]
+            if self.shard is None:
+                self._src.append(src_t)
+                self._dst.append(dst_t)
+                self._eid.append(None)
+            else:  # the edges into this rank's rows; sources in [own rows, halo rows]
+                owner = self.shard.owner.to(dst_t.device)
+                eid = torch.nonzero(owner[dst_t] == self.shard.rank).flatten()
+                self._src.append(self._ext[src_t[eid]])
+                self._dst.append(self._pos[dst_t[eid]])
+                self._eid.append(eid)
+                w, self_w = w[eid], self_w[self.shard.nodes.to(self_w.device)]
+            self._w.append(w)  # [e]
+            self._self_w.append(self_w)  # [n]
+
+    def _plan_halo(self, shard: Shard) -> None:
+        """Which own rows each peer rank needs, and where the rows it sends us go."""
+        owner = shard.owner.tolist()
+        n = len(owner)
+        need: dict[int, set[int]] = {}  # peer -> our workers it reads
+        halo: dict[int, set[int]] = {}  # peer -> its workers we read
+        for graph in self.graphs:
+            for a, b in graph.edges():
+                a, b = int(a), int(b)
+                for i, j in ((a, b), (b, a)):
+                    if owner[i] == shard.rank and owner[j] != shard.rank:
+                        need.setdefault(owner[j], set()).add(i)
+                        halo.setdefault(owner[j], set()).add(j)
+        nodes = shard.nodes.tolist()
+        pos = {g: k for k, g in enumerate(nodes)}
+        self._send = {p: torch.tensor([pos[i] for i in sorted(v)]) for p, v in need.items()}
+        self._recv = {p: len(v) for p, v in halo.items()}
+        ext = torch.full((n,), -1, dtype=torch.long)
+        ext[shard.nodes] = torch.arange(len(nodes))
+        k = len(nodes)
+        for p in sorted(halo):
+            ids = torch.tensor(sorted(halo[p]), dtype=torch.long)
+            ext[ids] = torch.arange(k, k + len(ids))
+            k += len(ids)
+        self._ext = ext.to(shard.device)  # worker -> row of [own rows, halo rows]
+        self._pos = ext.to(shard.device)  # own workers map to their own rows
+
+    def _with_halo(self, v: Tensor) -> Tensor:
+        """``[own rows, neighbours' rows from other ranks]`` (``v`` itself unsharded)."""
+        if self.shard is None:
+            return v
+        got = self.shard.exchange(
+            {p: v[idx.to(v.device)] for p, idx in self._send.items()}, self._recv, v
+        )
+        return torch.cat([v, *(got[p] for p in sorted(got))])
 
     def gossip(self, v: Tensor, keep: Sequence[Tensor] | None = None) -> Tensor:
         """One gossip step ``W v`` (per graph, on its slice), with drops renormalised.
@@ -192,14 +271,17 @@ class Gossip(Mixer):
         Tensor[n, d]
         """
         out = torch.empty_like(v)
+        rows = len(v)
+        v = self._with_halo(v)  # [n_k + halo, d] when sharded
         for k, sl in enumerate(self.slices):
-            src, dst = self.edges[k]
+            src, dst, eid = self._src[k], self._dst[k], self._eid[k]
             vk = v[:, sl]  # [n, d_k]
             w = self._w[k].to(v.dtype)  # [e]
             if keep is not None:
-                w = w * keep[k].to(v.dtype)
+                kk = keep[k] if eid is None else keep[k][eid]
+                w = w * kk.to(v.dtype)
             self_w = self._self_w[k].to(v.dtype)  # [n]
-            acc = vk * self_w.unsqueeze(-1)  # [n, d_k]
+            acc = vk[:rows] * self_w.unsqueeze(-1)  # [n, d_k]
             acc.index_add_(0, dst, vk[src] * w.unsqueeze(-1))  # [n, d_k]
             if keep is not None:
                 total = self_w.index_add(0, dst, w)  # [n]: 1 without drops
@@ -209,6 +291,12 @@ class Gossip(Mixer):
 
     def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
         return self.gossip(x_half, keep)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def bytes_per_round(self, d: int, dtype: torch.dtype) -> Tensor:
         itemsize = torch.empty((), dtype=dtype).element_size()
@@ -244,8 +332,9 @@ class D2(Gossip):
         *,
         weight: float | None = None,
         lazy: bool = False,
+        shard: Shard | None = None,
     ) -> None:
-        super().__init__(graphs, device, weight=weight)
+        super().__init__(graphs, device, weight=weight, shard=shard)
         if lazy:  # W' = (W + I) / 2 (exact diffusion, section 2.5)
             self._w = [w / 2 for w in self._w]
             self._self_w = [(s + 1) / 2 for s in self._self_w]
@@ -256,6 +345,12 @@ class D2(Gossip):
         x = self.gossip(x_half + c, keep)  # [n, d]
         self.c = x - x_half
         return x
+
+    def state_dict(self) -> dict:
+        return {"c": self.c}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.c = state["c"]
 
 
 class GradientTracking(Gossip):
@@ -281,8 +376,9 @@ class GradientTracking(Gossip):
         device: torch.device | str = "cpu",
         *,
         weight: float | None = None,
+        shard: Shard | None = None,
     ) -> None:
-        super().__init__(graphs, device, weight=weight)
+        super().__init__(graphs, device, weight=weight, shard=shard)
         self._num_graphs = len(self.edges)
         self.edges = self.edges + list(self.edges)
         self.c: Tensor | None = None  # [n, d]
@@ -299,6 +395,12 @@ class GradientTracking(Gossip):
 
     def bytes_per_round(self, d: int, dtype: torch.dtype) -> Tensor:
         return 2 * super().bytes_per_round(d, dtype)
+
+    def state_dict(self) -> dict:
+        return {"c": self.c}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.c = state["c"]
 
 
 class TimeVaryingExponential(Mixer):
@@ -379,6 +481,13 @@ class TimeVaryingExponential(Mixer):
         self._set_edges()
         return x
 
+    def state_dict(self) -> dict:
+        return {"round": self.round}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round = int(state["round"])
+        self._set_edges()
+
     def bytes_per_round(self, d: int, dtype: torch.dtype) -> Tensor:
         itemsize = torch.empty((), dtype=dtype).element_size()
         per = self.rounds * d * itemsize if self.num_nodes > 1 else 0
@@ -388,16 +497,29 @@ class TimeVaryingExponential(Mixer):
 class AllReduce(Mixer):
     """Exact average every round: the centralized reference.
 
-    Bytes are booked as a ring all-reduce: ``2 (n - 1) / n`` models per worker.
+    Bytes are booked as a ring all-reduce: ``2 (n - 1) / n`` models per worker. Sharded,
+    the sum goes through ``shard.all_reduce`` (another summation order: equal to the
+    single-process mean within float rounding, not bitwise).
     """
 
-    def __init__(self, num_nodes: int) -> None:
+    def __init__(self, num_nodes: int, *, shard: Shard | None = None) -> None:
         self.num_nodes = num_nodes
         self.edges = []
+        self.shard = shard if shard is not None and shard.sharded else None
 
     def mix(self, x_start: Tensor, x_half: Tensor, keep: list[Tensor] | None = None) -> Tensor:
-        mean = x_half.to(message_dtype(x_half.dtype)).mean(0, keepdim=True)  # [1, d]
+        v = x_half.to(message_dtype(x_half.dtype))
+        if self.shard is None:
+            mean = v.mean(0, keepdim=True)  # [1, d]
+        else:
+            mean = self.shard.all_reduce(v.sum(0, keepdim=True)) / self.num_nodes
         return mean.to(x_half.dtype).expand_as(x_half).clone()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def bytes_per_round(self, d: int, dtype: torch.dtype) -> Tensor:
         itemsize = torch.empty((), dtype=dtype).element_size()
@@ -421,6 +543,7 @@ def make_mixer(
     fill: Fill = "initial",
     normalization: str | None = None,
     gossip_weight: float | None = None,
+    shard: Shard | None = None,
 ) -> Mixer:
     """Build the mixing step of ``algorithm`` on ``graphs`` (checked and explained).
 
@@ -436,6 +559,9 @@ def make_mixer(
         RelaySum/Model options (section 1.2).
     gossip_weight : float, optional
         Uniform gossip edge weight instead of Metropolis-Hastings (gossip family).
+    shard : relayfl.shard.Shard, optional
+        This rank's workers when the simulation is split over ranks: the mixer then
+        takes and returns ``[n_k, d]`` and exchanges across ranks (``sgp`` refuses).
 
     Returns
     -------
@@ -452,6 +578,13 @@ def make_mixer(
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     n = graphs[0].number_of_nodes()
+    if shard is not None and not shard.sharded:
+        shard = None
+    if shard is not None and algorithm == "sgp":
+        raise ConfigError(
+            f"sgp does not run split over {shard.world_size} ranks yet; run it in one "
+            "process (without torchrun), or use --algorithm dpsgd or relaysgd"
+        )
     if algorithm in ("relaysgd", "relaysgd-grad"):
         for g in graphs:
             if not nx.is_tree(g):
@@ -461,14 +594,19 @@ def make_mixer(
                     "min-diameter (topology.spanning_tree(graph)), or use --algorithm dpsgd"
                 )
         return Relay(
-            graphs, x0, grad=algorithm == "relaysgd-grad", fill=fill, normalization=normalization
+            graphs,
+            x0,
+            grad=algorithm == "relaysgd-grad",
+            fill=fill,
+            normalization=normalization,
+            shard=shard,
         )
     if algorithm in ("dpsgd", "qgm"):
-        return Gossip(graphs, x0.device, weight=gossip_weight)
+        return Gossip(graphs, x0.device, weight=gossip_weight, shard=shard)
     if algorithm == "d2":
-        return D2(graphs, x0.device, weight=gossip_weight)
+        return D2(graphs, x0.device, weight=gossip_weight, shard=shard)
     if algorithm == "gradient-tracking":
-        return GradientTracking(graphs, x0.device, weight=gossip_weight)
+        return GradientTracking(graphs, x0.device, weight=gossip_weight, shard=shard)
     if algorithm == "sgp":
         if len(graphs) != 1 or not _is_exponential(graphs[0]):
             raise ConfigError(
@@ -477,7 +615,7 @@ def make_mixer(
                 f"{sum(g.number_of_edges() for g in graphs)} edges"
             )
         return TimeVaryingExponential(n, device=x0.device)
-    return AllReduce(n)
+    return AllReduce(n, shard=shard)
 
 
 def local_optimizer(

@@ -14,7 +14,7 @@ from pathlib import Path
 from relayfl.algorithms import ALGORITHMS
 from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
 from relayfl.console import summary_table
-from relayfl.errors import RelayflError
+from relayfl.errors import RelayflError, RunInterrupted
 from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
 from relayfl.results import RunResult
@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for results.json, evaluations.csv and the PNGs",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    from relayfl.runs import add_long_run_options  # checkpoints, torchrun, TensorBoard
+
+    add_long_run_options(sim)
     from relayfl.deploy import add_commands  # node, launch, certs (deployment)
 
     add_commands(sub, _add_run_options)
@@ -183,20 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
 def run_simulate(args: argparse.Namespace) -> RunResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from relayfl import partition, plots
+    from relayfl import partition, plots, runs
     from relayfl.simulation import simulate
 
     config = RunConfig.from_args(args)
     out = Path(args.out)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("{task.fields[acc]}"),
-        TimeRemainingColumn(),
-        disable=args.quiet,
-        transient=False,
-    ) as bar:
+    run = runs.LongRun.from_args(args, config)  # torchrun ranks, Ctrl-C, TensorBoard
+    with (
+        run,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("{task.fields[acc]}"),
+            TimeRemainingColumn(),
+            disable=args.quiet or not run.leader,
+            transient=False,
+        ) as bar,
+    ):
         job = bar.add_task(
             f"{config.algorithm} on {config.topology_name}", total=config.steps, acc=""
         )
@@ -207,7 +214,9 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
                 bar.update(job, acc=f"worst acc {acc:.3f}")
             bar.update(job, completed=step)
 
-        result = simulate(config=config, progress=progress)
+        result = simulate(config=config, progress=run.progress(progress), **run.simulate_kwargs())
+    if not run.leader:  # rank 0 alone prints and writes the results
+        return result
     result.save(out)
     plots.learning_curves(
         result,
@@ -237,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             run_simulate(args)
         elif hasattr(args, "handler"):  # relayfl.deploy: node, launch, certs
             return args.handler(args)
+    except RunInterrupted as err:  # Ctrl-C / SIGTERM: results so far and the checkpoint
+        from relayfl.runs import report_interrupted
+
+        return report_interrupted(err, args)
     except RelayflError as err:  # the one place an error becomes an exit code
-        print(f"relayfl: error: {err}", file=sys.stderr)
+        from relayfl.runs import error_line
+
+        print(error_line(err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("relayfl: interrupted", file=sys.stderr)
@@ -247,4 +262,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from relayfl.runs import recorded  # under torchrun: its summary names any failure
+
+    sys.exit(recorded(main)())

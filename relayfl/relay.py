@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -29,6 +30,9 @@ from torch import Tensor
 from relayfl import topology as _topology
 from relayfl.errors import ConfigError
 from relayfl.typing import Fill, Normalization
+
+if TYPE_CHECKING:
+    from relayfl.shard import Shard
 
 __all__ = [
     "EdgeIndex",
@@ -273,6 +277,147 @@ class _TreeRelay:
         self.c_inbox = v.new_zeros(n).index_add_(0, E.dst, c)  # [n]
         return combine(v, self.inbox, self.c_inbox)
 
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """The messages and counts on every directed edge at the latest step (the inbox
+        is their sum, recomputed on load)."""
+        return {"m": self.m, "c": self.c}
+
+    def load_state_dict(self, state: Mapping[str, Tensor | None]) -> None:
+        m, c = state["m"], state["c"]
+        self.m, self.c = m, c
+        if m is None or c is None:
+            self.inbox = self.c_inbox = self._spare = self._back = self._total = None
+            return
+        n, dst = self.edges.num_nodes, self.edges.dst.to(m.device)
+        self.inbox = m.new_zeros(n, m.shape[1]).index_add_(0, dst, m)  # as step() sums it
+        self.c_inbox = c.new_zeros(n).index_add_(0, dst, c)
+        self._spare, self._back = torch.empty_like(m), torch.empty_like(m)
+        self._total = m.new_empty(n, m.shape[1])
+
+
+class _ShardTreeRelay:
+    """One rank's share of a tree's relay when the workers are split over ranks.
+
+    The rank holds the workers ``nodes`` and the messages on the directed edges that
+    end at them (received at the previous step, whoever sent them). Per step it computes
+    the messages its workers send (the same :func:`outgoing` as :class:`_TreeRelay`),
+    hands those whose recipient lives on another rank to ``exchange`` and receives the
+    ones sent to its workers. Edges keep their global order, so every sum is taken in
+    the single-process order and the results are bitwise equal to it.
+
+    Parameters
+    ----------
+    edges : EdgeIndex
+        The whole tree.
+    nodes : Tensor[n_k] of int64
+        This rank's workers (global ids, ascending).
+    owner : Tensor[n] of int64
+        The rank of every worker.
+    rank : int
+    exchange : callable
+        ``exchange(outgoing, incoming, like)``: ``outgoing`` maps a peer rank to the
+        ``Tensor[r, w]`` rows sent to it, ``incoming`` a peer rank to the number of
+        rows it sends here; returns the received ``Tensor[rows, w]`` by peer rank
+        (:func:`relayfl.distributed.exchange`).
+    """
+
+    def __init__(
+        self,
+        edges: EdgeIndex,
+        nodes: Tensor,
+        owner: Tensor,
+        rank: int,
+        exchange: Callable[..., dict[int, Tensor]],
+    ) -> None:
+        self.edges = edges
+        self.exchange = exchange
+        src, dst, rev = edges.src.cpu(), edges.dst.cpu(), edges.rev.cpu()
+        owner = owner.cpu()
+        n, e = edges.num_nodes, len(src)
+        pos = torch.full((n,), -1, dtype=torch.long)
+        pos[nodes.cpu()] = torch.arange(len(nodes))
+        out_ids = torch.nonzero(owner[src] == rank).flatten()  # edges we send on
+        in_ids = torch.nonzero(owner[dst] == rank).flatten()  # edges we receive on
+        in_pos = torch.full((e,), -1, dtype=torch.long)
+        in_pos[in_ids] = torch.arange(len(in_ids))
+        device = edges.src.device
+        self.out_ids = out_ids.to(device)
+        self.out_src = pos[src[out_ids]].to(device)  # local row of each sender
+        self.back = in_pos[rev[out_ids]].to(device)  # m_{j->i} of t-1, an in-edge of ours
+        self.in_dst = pos[dst[in_ids]].to(device)
+        peer_of_out, peer_of_in = owner[dst[out_ids]], owner[src[in_ids]]
+        local_in = torch.nonzero(peer_of_in == rank).flatten()
+        out_pos = torch.full((e,), -1, dtype=torch.long)
+        out_pos[out_ids] = torch.arange(len(out_ids))
+        self.local_in = local_in.to(device)  # in-edges we also send on (both ends ours)
+        self.local_out = out_pos[in_ids[local_in]].to(device)
+        peers = sorted((set(peer_of_out.tolist()) | set(peer_of_in.tolist())) - {rank})
+        self.sends = {
+            p: torch.nonzero(peer_of_out == p).flatten().to(device)
+            for p in peers
+            if bool((peer_of_out == p).any())
+        }
+        self.recvs = {
+            p: torch.nonzero(peer_of_in == p).flatten().to(device)
+            for p in peers
+            if bool((peer_of_in == p).any())
+        }
+        self.m: Tensor | None = None  # [e_in, d_k]: messages received at t-1
+        self.c: Tensor | None = None  # [e_in]
+        self.inbox: Tensor | None = None  # [n_k, d_k]
+        self.c_inbox: Tensor | None = None  # [n_k]
+        self.num_local = len(nodes)
+
+    def step(self, v: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+        n_k, d, e_in = self.num_local, v.shape[1], len(self.in_dst)
+        if self.m is None:  # m^(-1) = 0, c^(-1) = 0 (section 1.4, first step)
+            self.m, self.c = v.new_zeros(e_in, d), v.new_zeros(e_in)
+            self.inbox, self.c_inbox = v.new_zeros(n_k, d), v.new_zeros(n_k)
+        assert self.c is not None and self.inbox is not None and self.c_inbox is not None
+        total, c_total = combine(v, self.inbox, self.c_inbox)  # [n_k, d], [n_k]
+        m, c = outgoing(
+            total.index_select(0, self.out_src),
+            self.m.index_select(0, self.back),
+            c_total.index_select(0, self.out_src),
+            self.c.index_select(0, self.back),
+        )  # [e_out, d], [e_out]
+        if keep is not None:  # the receiver's draw, applied by the sender (section 1.4)
+            k = keep.index_select(0, self.out_ids)
+            m.mul_(k.unsqueeze(-1).to(m.dtype))
+            c = c * k.to(c.dtype)
+        m_in, c_in = v.new_empty(e_in, d), v.new_empty(e_in)
+        m_in[self.local_in] = m[self.local_out]
+        c_in[self.local_in] = c[self.local_out]
+        if self.sends or self.recvs:
+            rows = torch.cat([m, c.unsqueeze(-1)], 1)  # [e_out, d + 1]: message and count
+            got = self.exchange(
+                {p: rows[idx] for p, idx in self.sends.items()},
+                {p: len(idx) for p, idx in self.recvs.items()},
+                rows,
+            )
+            for p, idx in self.recvs.items():
+                m_in[idx] = got[p][:, :d]
+                c_in[idx] = got[p][:, d]
+        self.m, self.c = m_in, c_in
+        self.inbox = v.new_zeros(n_k, d).index_add_(0, self.in_dst, m_in)  # [n_k, d]
+        self.c_inbox = v.new_zeros(n_k).index_add_(0, self.in_dst, c_in)  # [n_k]
+        return combine(v, self.inbox, self.c_inbox)
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """The messages and counts received on this rank's in-edges at the latest step
+        (each cross-rank message is saved once, by the rank that received it)."""
+        return {"m": self.m, "c": self.c}
+
+    def load_state_dict(self, state: Mapping[str, Tensor | None]) -> None:
+        m, c = state["m"], state["c"]
+        self.m, self.c = m, c
+        if m is None or c is None:
+            self.inbox = self.c_inbox = None
+            return
+        dst = self.in_dst.to(m.device)
+        self.inbox = m.new_zeros(self.num_local, m.shape[1]).index_add_(0, dst, m)
+        self.c_inbox = c.new_zeros(self.num_local).index_add_(0, dst, c)
+
 
 class RelaySum:
     """RelaySum on stacked tensors: all workers of one or more spanning trees at once.
@@ -293,6 +438,11 @@ class RelaySum:
         reference-state variant of Table 5; use it on lossy networks, since with ``x0``
         every dropped message pulls the model back towards its start).
     device : torch.device or str, optional
+    shard : relayfl.shard.Shard, optional
+        This rank's workers when the simulation is split over ranks
+        (:mod:`relayfl.distributed`): :meth:`step` then takes and returns ``[n_k, d]``
+        and exchanges the messages on tree edges between ranks through
+        ``shard.exchange``, bitwise equal to the single-process relay.
 
     Examples
     --------
@@ -317,20 +467,59 @@ class RelaySum:
         initial: Tensor | None = None,
         fill: Fill = "initial",
         device: torch.device | str | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.trees = _as_trees(trees)
         _check_mode(normalization, fill, initial)
         self.normalization = normalization
         self.fill_mode = fill
         self.num_nodes = self.trees[0].number_of_nodes()
-        self._relays = [_TreeRelay(EdgeIndex.from_graph(t, device)) for t in self.trees]
+        self.shard = shard
+        edges = [EdgeIndex.from_graph(t, device) for t in self.trees]
+        self._relays: list[_TreeRelay] | list[_ShardTreeRelay] = (
+            [_TreeRelay(e) for e in edges]
+            if shard is None
+            else [
+                _ShardTreeRelay(e, shard.nodes, shard.owner, shard.rank, shard.exchange)
+                for e in edges
+            ]
+        )
+        self._edges = edges
+        self._rows = self.num_nodes if shard is None else len(shard.nodes)
         self._slices = tree_slices(len(self.trees))
         self._fill: Tensor | None = None if initial is None else initial.detach().clone()
         self.last_counts: Tensor | None = None  # [num_trees, n]: C_i of the latest step
 
     @property
     def edge_indices(self) -> list[EdgeIndex]:
-        return [r.edges for r in self._relays]
+        return list(self._edges)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`step` carries to the next step (for checkpoints): per tree
+        the messages and counts of the latest step, the fill and the latest counts.
+        Sharded, only this rank's share (the messages its workers received)."""
+        return {
+            "trees": [r.state_dict() for r in self._relays],
+            "fill": self._fill,
+            "last_counts": self.last_counts,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the next :meth:`step` continues bit for bit.
+
+        Raises
+        ------
+        ConfigError
+            A state of a different number of trees.
+        """
+        if len(state["trees"]) != len(self._relays):
+            raise ConfigError(
+                f"relay state holds {len(state['trees'])} trees, this relay has "
+                f"{len(self._relays)}; resume with the same topology"
+            )
+        for relay, saved in zip(self._relays, state["trees"], strict=True):
+            relay.load_state_dict(saved)
+        self._fill, self.last_counts = state["fill"], state["last_counts"]
 
     def step(
         self, values: Tensor, *, keep: Sequence[Tensor | None] | Tensor | None = None
@@ -350,9 +539,10 @@ class RelaySum:
             Each worker's average, in :func:`message_dtype` of ``values``.
         """
         n = self.num_nodes
-        if values.dim() != 2 or values.shape[0] != n:
+        if values.dim() != 2 or values.shape[0] != self._rows:
             raise ConfigError(
-                f"RelaySum.step expects values of shape [n={n}, d], got {tuple(values.shape)}"
+                f"RelaySum.step expects values of shape [n={self._rows}, d], got "
+                f"{tuple(values.shape)}"
             )
         v = values.to(message_dtype(values.dtype))  # [n, d]; never downcast
         keeps = list(keep) if isinstance(keep, (list, tuple)) else [keep] * len(self._relays)
@@ -388,9 +578,9 @@ class RelaySum:
         """
         itemsize = torch.empty((), dtype=message_dtype(dtype)).element_size()
         total = torch.zeros(self.num_nodes, dtype=torch.int64)
-        for relay, sl in zip(self._relays, self._slices, strict=True):
+        for edges, sl in zip(self._edges, self._slices, strict=True):
             d_k = len(range(d)[sl])
-            total += relay.edges.degrees().cpu() * (d_k * itemsize + 8)
+            total += edges.degrees().cpu() * (d_k * itemsize + 8)
         return total
 
 

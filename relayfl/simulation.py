@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,9 +21,17 @@ from torch import Tensor
 
 from relayfl import partition, rng, topology
 from relayfl.algorithms import Mixer, local_optimizer, make_mixer
+from relayfl.checkpoint import Checkpointer, SimulationState
 from relayfl.config import RunConfig
+from relayfl.distributed import (
+    check_same_step,
+    consensus_distance,
+    current_shard,
+    describe_shard,
+    gather_losses,
+)
 from relayfl.engine import FunctionalModel, make_engine
-from relayfl.errors import ConfigError, PartitionError
+from relayfl.errors import ConfigError, PartitionError, RunInterrupted
 from relayfl.optim import learning_rate
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
@@ -112,15 +121,17 @@ class ClientData:
             xb = self.augment(xb, rng.generator(self.seed, client, step, "augment"))
         return xb, yb
 
-    def batch(self, step: int) -> tuple[Tensor, Tensor]:
-        """Every worker's batch: Tensor[n, B, ...] inputs and Tensor[n, B] targets."""
-        idx = torch.stack([self.indices(i, step) for i in range(len(self.parts))])  # [n, B]
+    def batch(self, step: int, clients: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        """The batches of ``clients`` (default every worker): Tensor[n, B, ...] inputs and
+        Tensor[n, B] targets."""
+        clients = range(len(self.parts)) if clients is None else clients
+        idx = torch.stack([self.indices(i, step) for i in clients])  # [n, B]
         xb, yb = self.x[idx], self.y[idx]  # [n, B, ...], [n, B]
         if self.augment is not None:
             xb = torch.stack(
                 [
-                    self.augment(xb[i], rng.generator(self.seed, i, step, "augment"))
-                    for i in range(len(self.parts))
+                    self.augment(xb[k], rng.generator(self.seed, i, step, "augment"))
+                    for k, i in enumerate(clients)
                 ]
             )
         return xb, yb
@@ -173,9 +184,12 @@ def lr_schedule(
     return lr_at, correction, steps_per_epoch
 
 
-def _drop_masks(mixer: Mixer, n: int, p: float, seed: int, step: int) -> list[Tensor] | None:
+def _drop_masks(
+    mixer: Mixer, n: int, p: float, seed: int, step: int, receivers: Sequence[int] | None = None
+) -> list[Tensor] | None:
     """Which messages arrive this step (section 1.4): each receiver draws for its incoming
-    edges from generator ``(seed, receiver, step, "drop")``, graph by graph, by sender."""
+    edges from generator ``(seed, receiver, step, "drop")``, graph by graph, by sender.
+    Only the edges into ``receivers`` (default all) are drawn; the rest stay True."""
     if p <= 0 or not mixer.edges:
         return None
     incoming: list[list[tuple[int, int]]] = [[] for _ in range(n)]  # receiver -> (graph, e)
@@ -183,7 +197,7 @@ def _drop_masks(mixer: Mixer, n: int, p: float, seed: int, step: int) -> list[Te
         for e, j in enumerate(dst.tolist()):
             incoming[j].append((k, e))
     keep = [torch.ones(len(dst), dtype=torch.bool) for _, dst in mixer.edges]
-    for j in range(n):
+    for j in range(n) if receivers is None else receivers:
         if not incoming[j]:
             continue
         draws = torch.rand(len(incoming[j]), generator=rng.generator(seed, j, step, "drop"))
@@ -193,11 +207,25 @@ def _drop_masks(mixer: Mixer, n: int, p: float, seed: int, step: int) -> list[Te
     return [m.to(device) for m in keep]
 
 
+def _receivers(mixer: Mixer, clients: list[int]) -> list[int]:
+    """This rank's workers and every worker one of them sends to (their drops are drawn
+    by the receiver's generator, and a sender applies them)."""
+    mine = set(clients)
+    out = set(mine)
+    for src, dst in mixer.edges:
+        out.update(int(j) for i, j in zip(src.tolist(), dst.tolist(), strict=True) if i in mine)
+    return sorted(out)
+
+
 def simulate(
     task: Task | RunConfig | None = None,
     config: RunConfig | None = None,
     *,
     progress: Progress | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Run one decentralized training simulation.
 
@@ -209,10 +237,34 @@ def simulate(
         Default: ``RunConfig()`` (RelaySGD, binary tree, 16 clients, alpha 0.1, digits).
     progress : callable, optional
         Called after every step as ``progress(step, total, latest_eval)``.
+    checkpoint_dir : str or Path, optional
+        Folder for checkpoints (:mod:`relayfl.checkpoint`), usually the run's ``--out``.
+    checkpoint_every : int, default 0
+        Save the full state every this many communication rounds (0: only when stopped).
+    resume : bool, default False
+        Continue from the checkpoint in ``checkpoint_dir``: same models and evaluations
+        as a run never stopped.
+    stop : callable, optional
+        Checked after every step; when it returns True the run saves a checkpoint (with
+        ``checkpoint_dir``) and raises :class:`relayfl.errors.RunInterrupted` carrying the
+        result so far (``status="interrupted"``). The CLI sets it on SIGINT / SIGTERM.
 
     Returns
     -------
     RunResult
+
+    Raises
+    ------
+    RunInterrupted
+        ``stop()`` returned True.
+    ConfigError
+        ``resume`` without a matching checkpoint (none, another config, other ranks).
+
+    Notes
+    -----
+    Inside a ``torch.distributed`` process group of several ranks (``torchrun``), each
+    rank simulates its share of the workers (:mod:`relayfl.distributed`) and every rank
+    returns the whole result (models gathered).
 
     Examples
     --------
@@ -235,13 +287,28 @@ def simulate(
 
     graphs = config.build_graphs()
     parts = make_partitions(task, config)
+    shard = current_shard(graphs, config.device)  # None in one process
+    if shard is not None:
+        device = shard.device
+    clients = list(range(n)) if shard is None else shard.nodes.tolist()
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = Checkpointer(
+            checkpoint_dir,
+            checkpoint_every,
+            config.to_dict(),
+            rank=0 if shard is None else shard.rank,
+            world_size=1 if shard is None else shard.world_size,
+        )
+    elif resume:
+        raise ConfigError("resume=True needs checkpoint_dir (the run's --out folder)")
 
     fm = FunctionalModel(task.init_model(config.seed), task.loss_fn).to(device)
-    x = fm.x0.unsqueeze(0).repeat(n, 1)  # [n, d]
+    x = fm.x0.unsqueeze(0).repeat(len(clients), 1)  # [n, d] ([n_k, d] on a rank)
     data = ClientData.from_task(task, parts, config, device)
     x_test = task.x_test[: config.eval_limit].to(device)
     y_test = task.y_test[: config.eval_limit].to(device)
-    sample_inputs, _ = data.batch(0)
+    sample_inputs, _ = data.batch(0, clients[:1])
     engine = make_engine(
         fm,
         config.engine,  # type: ignore[arg-type]
@@ -257,7 +324,9 @@ def simulate(
         fm.x0,
         fill=config.fill,  # type: ignore[arg-type]
         normalization=config.normalization,
+        shard=shard,
     )
+    receivers = None if shard is None else _receivers(mixer, clients)
     optimizer = local_optimizer(  # the base optimizer; qgm's quasi-global SGD
         config.algorithm,
         config.optimizer,
@@ -275,8 +344,11 @@ def simulate(
 
     def evaluate(step: int, rounds: int) -> EvalRecord:
         acc, loss = engine.evaluate(x, x_test, y_test)
+        if shard is not None:  # every worker's numbers, in worker order
+            both = shard.all_gather(torch.stack([acc.float(), loss.float()], 1))  # [n, 2]
+            acc, loss = both[:, 0], both[:, 1]
         acc_l, loss_l = acc.tolist(), loss.tolist()
-        consensus = float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
+        consensus = consensus_distance(x, shard)
         record = EvalRecord(
             step=step,
             round=rounds,
@@ -298,15 +370,63 @@ def simulate(
         evaluations.append(record)
         return record
 
-    rounds = 0
-    if config.eval_every:
+    def state(step: int) -> SimulationState:
+        return SimulationState(
+            step, rounds, x, x_start, sent, optimizer.state_dict(), mixer.state_dict(),
+            lr, train_loss, list(evaluations), time.perf_counter() - started,
+        )  # fmt: skip
+
+    def finish(status: str) -> RunResult:
+        models = x.detach() if shard is None else shard.all_gather(x.detach())  # [n, d]
+        return RunResult(
+            config=config.to_dict(),
+            evaluations=list(evaluations),
+            topology={
+                "name": config.topology_name,
+                "graphs": [topology.describe(g) for g in graphs],
+                "lr_correction_factor": correction,
+            },
+            versions=library_versions(),
+            wall_s=time.perf_counter() - started,
+            engine=engine.name,
+            models=models,
+            layout=fm.layout,
+            task={
+                "name": task.name,
+                "parameters": fm.numel,
+                "train_samples": len(task.x_train),
+                "test_samples": len(x_test),
+                "partition_sizes": [len(p) for p in parts],
+                "partition_counts": partition.count_matrix(
+                    task.partition_labels, parts, task.num_classes
+                ).tolist(),
+                **task.info,
+            },
+            extra={} if shard is None else {"distributed": describe_shard(shard, graphs)},
+            status=status,
+        )
+
+    rounds, first = 0, 0
+    if resume and ckpt is not None:
+        st = ckpt.load(device)
+        x, x_start, sent, rounds, first = st.x, st.x_start, st.sent.cpu(), st.rounds, st.step
+        lr, train_loss, evaluations[:] = st.lr, st.train_loss, st.evaluations
+        optimizer.load_state_dict(st.optimizer)
+        mixer.load_state_dict(st.mixer)
+        started -= st.elapsed_s
+        if shard is not None:
+            check_same_step(shard, first)
+    elif config.eval_every:
         evaluate(0, 0)
-    for step in range(config.steps):
+    for step in range(first, config.steps):
         lr = lr_at(step)
-        xb, yb = data.batch(step)
-        masks = dropout_masks(fm, shapes, config.seed, range(n), step, device)  # [n, B, ...]
+        xb, yb = data.batch(step, clients)
+        masks = dropout_masks(fm, shapes, config.seed, clients, step, device)  # [n, B, ...]
         g, losses = engine.grads(x, xb, yb, masks)  # [n, d], [n]
         x = x + optimizer.update(x, g, lr)  # [n, d]: x^(t+1/2)
+        stopping = stop is not None and bool(stop())
+        if shard is not None:  # every rank stops at the same step
+            losses, stopping = gather_losses(shard, losses, stopping)
         train_loss = float(losses.mean())
         if not math.isfinite(train_loss):
             raise ConfigError(
@@ -314,7 +434,7 @@ def simulate(
                 f"lr {lr:g}; lower --lr or turn off --lr-correction"
             )
         if (step + 1) % config.local_steps == 0:
-            keep = _drop_masks(mixer, n, config.drop_probability, config.seed, step)
+            keep = _drop_masks(mixer, n, config.drop_probability, config.seed, step, receivers)
             x = mixer.mix(x_start, x, keep)  # [n, d]
             optimizer.after_round(x_start, x)  # qgm: quasi-global momentum update
             x_start = x
@@ -326,30 +446,13 @@ def simulate(
             latest = evaluate(done, rounds)
         if progress is not None:
             progress(done, config.steps, latest)
-
-    summary = [topology.describe(g) for g in graphs]
-    return RunResult(
-        config=config.to_dict(),
-        evaluations=evaluations,
-        topology={
-            "name": config.topology_name,
-            "graphs": summary,
-            "lr_correction_factor": correction,
-        },
-        versions=library_versions(),
-        wall_s=time.perf_counter() - started,
-        engine=engine.name,
-        models=x.detach(),
-        layout=fm.layout,
-        task={
-            "name": task.name,
-            "parameters": fm.numel,
-            "train_samples": len(task.x_train),
-            "test_samples": len(x_test),
-            "partition_sizes": [len(p) for p in parts],
-            "partition_counts": partition.count_matrix(
-                task.partition_labels, parts, task.num_classes
-            ).tolist(),
-            **task.info,
-        },
-    )
+        if ckpt is not None and ckpt.due(rounds - 1, rounds) and done % config.local_steps == 0:
+            ckpt.save(state(done))
+        if stopping and done < config.steps:
+            where = ckpt.save(state(done)) if ckpt is not None else None
+            raise RunInterrupted(
+                f"stopped after step {done} of {config.steps}"
+                + (f"; checkpoint {where}" if where else ""),
+                result=finish("interrupted"),
+            )
+    return finish("completed")
