@@ -615,8 +615,9 @@ class RelayClientApp(ClientApp):
 
     # -------------------------------------------------------------- Flower messages
     def _flower_train(self, msg: Message, context: Context) -> Message:
-        if self._app is not None:
-            return self._app(msg, context)
+        msg = self._take_run_config(msg, context)
+        if self._app is not None and getattr(self._app, "_call", None) is None:
+            return self._app(msg, context)  # a Message-API app, unchanged
         arrays = msg.content.array_records
         record = arrays["arrays"] if "arrays" in arrays else next(iter(arrays.values()))
         config = dict(msg.content["config"]) if "config" in msg.content else {}
@@ -624,13 +625,24 @@ class RelayClientApp(ClientApp):
         return Message(RecordDict({"arrays": new, "metrics": metric_record(metrics)}), reply_to=msg)
 
     def _flower_evaluate(self, msg: Message, context: Context) -> Message:
-        if self._app is not None:
+        msg = self._take_run_config(msg, context)
+        if self._app is not None and getattr(self._app, "_call", None) is None:
             return self._app(msg, context)
         arrays = msg.content.array_records
         record = arrays["arrays"] if "arrays" in arrays else next(iter(arrays.values()))
         config = dict(msg.content["config"]) if "config" in msg.content else {}
         metrics = self.trainer.evaluate(record, config, context)
         return Message(RecordDict({"metrics": metric_record(metrics)}), reply_to=msg)
+
+    @staticmethod
+    def _take_run_config(msg: Message, context: Context) -> Message:
+        """Merge a carried run config into ``context.run_config``; the message without it
+        (the user's functions see Flower's own records only)."""
+        if RUN_CONFIG not in msg.content:
+            return msg
+        use_run_config(context, msg.content)
+        content = RecordDict({k: v for k, v in msg.content.items() if k != RUN_CONFIG})
+        return Message(content=content, metadata=msg.metadata)
 
     # -------------------------------------------------------------- relay messages
     def _hello(self, msg: Message, context: Context) -> Message:

@@ -49,6 +49,7 @@ __all__ = [
     "num_rounds",
     "parse_key",
     "relay_rounds",
+    "round_lr",
     "route",
     "to_key",
 ]
@@ -177,6 +178,23 @@ def _metric(values: Mapping[str, Any], *names: str) -> float:
     return math.nan
 
 
+def round_lr(config: RunConfig, sizes: Sequence[int], step: int) -> float:
+    """The learning rate relayfl's own workers use at ``step``
+    (:func:`relayfl.simulation.lr_schedule`: warm-up, decay and, for ``relaysgd``, the
+    relay correction ``1 + mean delay``; ALGORITHM.md 1.8).
+
+    The epoch is the clients' mean reported ``num-examples`` (``sizes``) over the batch
+    size; before any report (round 1, step 0) warm-up gives 0 whatever the size.
+    """
+    from relayfl.simulation import lr_schedule
+
+    correct = config.algorithm == "relaysgd" and config.lr_correction
+    graphs = config.build_graphs() if correct else ()
+    parts = [np.arange(k) for k in (sizes if any(sizes) else [config.batch_size])]
+    lr_at, _, _ = lr_schedule(config, parts, graphs)
+    return float(lr_at(step))
+
+
 class RelayRecorder:
     """Collects per-worker metrics round by round and builds the :class:`RunResult`.
 
@@ -204,16 +222,8 @@ class RelayRecorder:
         self.num_examples = [0] * n
 
     def round_lr(self, step: int) -> float:
-        """The learning rate relayfl's own workers use at ``step``
-        (:func:`relayfl.simulation.lr_schedule`: warm-up, decay and the relay
-        correction); the epoch is the clients' mean reported ``num-examples`` over the
-        batch size (before any report, at step 0, warm-up gives 0 whatever the size)."""
-        from relayfl.simulation import lr_schedule
-
-        sizes = self.num_examples if any(self.num_examples) else [self.config.batch_size]
-        parts = [np.arange(k) for k in sizes]
-        lr_at, _, _ = lr_schedule(self.config, parts, self.config.build_graphs())
-        return float(lr_at(step))
+        """:func:`round_lr` at ``step`` with the sizes the clients reported so far."""
+        return round_lr(self.config, self.num_examples, step)
 
     def client_reported(self, rnd: int, replies: Mapping[int, RecordDict]) -> None:
         """Keep every metric the clients reported in round ``rnd`` (1-based; the
