@@ -13,6 +13,7 @@ from pathlib import Path
 
 from relayfl.algorithms import ALGORITHMS
 from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
+from relayfl.console import summary_table
 from relayfl.errors import RelayflError
 from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
@@ -179,38 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _table(rows: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in (
-        "algorithm",
-        "topology",
-        "alpha",
-        "clients",
-        "steps",
-        "mean acc",
-        "worst acc",
-        "MB/client",
-        "wall s",
-    ):
-        table.add_column(col, justify="right" if col not in ("algorithm", "topology") else "left")
-    for r in rows:
-        table.add_row(
-            str(r["algorithm"]),
-            str(r["topology"]),
-            str(r["alpha"]),
-            str(r["clients"]),
-            str(r["steps"]),
-            f"{r['mean_accuracy']:.4f}",
-            f"{r['worst_accuracy']:.4f}",
-            f"{r['bytes_per_client'] / 1e6:.2f}",
-            f"{r['wall_s']:.1f}",
-        )
-    Console(width=max(Console().width, 110)).print(table)
-
-
 def run_simulate(args: argparse.Namespace) -> RunResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -252,7 +221,7 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
     )
     summary = result.summary()
     summary["topology"] = config.topology_name
-    _table([summary], title=f"relayfl simulate ({result.engine} engine)")
+    summary_table([summary], title=f"relayfl simulate ({result.engine} engine)")
     print(
         f"results written to {out}/ (results.json, evaluations.csv, learning_curve.png, "
         "partition.png)"

@@ -20,6 +20,7 @@ Each node's own files stay in ``nodes/node-K/`` (``log.jsonl``, ``stderr.log``,
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -92,6 +93,9 @@ class LaunchOptions:
     fork: bool = True
 
 
+#: The module whose ``main(argv)`` is the ``relayfl`` program a node process runs.
+_ENTRY = "relayfl.cli"
+
 #: What the launcher's fork server imports once, so each node starts in about a second
 #: instead of importing torch (and torch.func's torch._dynamo, and scikit-learn) anew.
 _PRELOAD = [
@@ -135,7 +139,9 @@ def _node_process(argv: list[str], stdin: Any, stdout: Any, stderr: str, env: di
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own stdio
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    from relayfl.cli import main
+    # the `relayfl` program by its entry point's name, as the subprocess path runs
+    # `python -m relayfl.cli`: the launcher is a library below the command line
+    main = importlib.import_module(_ENTRY).main
 
     try:
         rc = main(argv)
@@ -260,7 +266,7 @@ class Launcher:
         cmd = [
             sys.executable,
             "-m",
-            "relayfl.cli",
+            _ENTRY,
             "node",
             "--id",
             str(node),
@@ -619,12 +625,12 @@ class Launcher:
 
     def report(self, result: RunResult) -> None:
         """The same table as ``relayfl simulate`` plus the faults of the run."""
-        from relayfl.cli import _table
+        from relayfl.console import summary_table
 
         if result.evaluations:
             summary = result.summary()
             summary["topology"] = self.config.topology_name
-            _table([summary], title="relayfl launch (deployed nodes)")
+            summary_table([summary], title="relayfl launch (deployed nodes)")
         extra = result.extra
         for k in extra.get("launch", {}).get("killed", []):
             print(f"node {k['node']} was killed at step {k['step']} ({k['t']:.1f} s)")

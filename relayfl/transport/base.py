@@ -70,6 +70,8 @@ REJECT_KINDS: tuple[str, ...] = (
     "replay",  # a step already used (or a duplicate of a buffered message)
     "too-far-ahead",  # more than one step ahead of this node
     "non-finite",  # NaN or Inf in the payload
+    "busy",  # too many connections or handshakes in progress: closed at once
+    "handshake-timeout",  # TLS and hello did not finish within the handshake deadline
 )
 
 
@@ -145,6 +147,11 @@ class LinkSpec:
         The shared run token; when set, a peer must present the same one.
     max_payload_bytes : int
         Size of the largest message of this run; anything larger is refused unread.
+    frame_sizes : frozenset of int, optional
+        The payload sizes (bytes) this run's messages have (one per tree). Only frames
+        of these sizes are read into reused buffers; others (which the node refuses)
+        into a buffer freed at once, so the memory a node keeps does not depend on the
+        sizes a peer claims. None: any size, in a pool bounded to a few sizes.
     """
 
     node: int
@@ -152,6 +159,7 @@ class LinkSpec:
     peers: frozenset[int]
     token: str | None
     max_payload_bytes: int
+    frame_sizes: frozenset[int] | None = None
 
 
 @runtime_checkable

@@ -38,6 +38,10 @@ class BufferPool:
     ----------
     per_size : int, default 16
         Buffers kept per (size, dtype); past that, buffers are allocated and not kept.
+    max_keys : int, optional
+        At most this many distinct (size, dtype) keys are kept; buffers of further
+        sizes are allocated and not kept (so the pool's memory stays bounded whatever
+        sizes are asked for).
 
     Notes
     -----
@@ -46,8 +50,9 @@ class BufferPool:
     reference; contents are undefined (like ``torch.empty``).
     """
 
-    def __init__(self, per_size: int = 16) -> None:
+    def __init__(self, per_size: int = 16, max_keys: int | None = None) -> None:
         self.per_size = per_size
+        self.max_keys = max_keys
         self._free: dict[tuple[int, torch.dtype], list[Tensor]] = {}
         self._lock = threading.Lock()
         # references while checking: the list slot, the loop name, getrefcount's argument
@@ -59,7 +64,11 @@ class BufferPool:
             return torch.empty(numel, dtype=dtype)
         key = (int(numel), dtype)
         with self._lock:
-            kept = self._free.setdefault(key, [])
+            kept = self._free.get(key)
+            if kept is None:
+                if self.max_keys is not None and len(self._free) >= self.max_keys:
+                    return torch.empty(numel, dtype=dtype)
+                kept = self._free[key] = []
             for t in kept:
                 if sys.getrefcount(t) <= self._idle_refs and _storage_users(t) == 0:
                     return t

@@ -31,6 +31,7 @@ plaintext (``--insecure``).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import math
@@ -65,6 +66,7 @@ from relayfl.transport.wire import (
     encode,
     parse_data_header,
     parse_header,
+    parse_json,
     parse_prefix,
     payload_view,
 )
@@ -72,7 +74,15 @@ from relayfl.transport.wire import (
 __all__ = ["GrpcTransport", "split_address"]
 
 _METHOD = "/relayfl.Node/Status"
-_CONTROL_LIMIT = 1 << 20
+#: Largest control message (bytes): a status call is under 300 bytes plus 8 per peer id
+#: listed; gRPC refuses larger ones before any Python code runs.
+CONTROL_LIMIT = 64 << 10
+#: Status calls served at once; gRPC answers further ones RESOURCE_EXHAUSTED at once.
+MAX_CONTROL_CALLS = 32
+#: Data connections in their handshake (TLS and hello) at once; more are closed on accept.
+MAX_HANDSHAKES = 32
+#: gRPC metadata key of the run token, checked before the call's body is parsed.
+TOKEN_METADATA = "x-relayfl-token"
 _RECV_CHUNK = 4 << 20
 #: Steps per tree a link queues for a slow neighbour before dropping the oldest.
 QUEUE_STEPS = 2
@@ -259,6 +269,14 @@ class _Link:
         self.t._count_sent(len(head) + len(payload))
 
 
+def _host(source: str) -> str:
+    """The host of a peer address (``"1.2.3.4:5"``, ``"ipv4:1.2.3.4:5"``)."""
+    for prefix in ("ipv4:", "ipv6:"):
+        source = source.removeprefix(prefix)
+    host, sep, port = source.rpartition(":")
+    return host.strip("[]") if sep and port.isdigit() else source
+
+
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
     buf = bytearray(size)
     view = memoryview(buf)
@@ -321,6 +339,9 @@ class GrpcTransport:
         self._data_known = threading.Condition(self._lock)
         self._links: dict[int, _Link] = {}
         self._conns: set[socket.socket] = set()
+        #: data connections in their handshake: file descriptor -> deadline
+        self._handshaking: dict[int, float] = {}
+        self._timed_out: set[int] = set()
         self._closed = False
         self._warned: dict[str, float] = {}
         self._server: grpc.Server | None = None
@@ -328,7 +349,7 @@ class GrpcTransport:
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
         self.data_port = 0
-        self._pool = BufferPool()
+        self._pool = BufferPool(max_keys=8)
         self.spec: LinkSpec
         self.handler: Handler
 
@@ -351,10 +372,11 @@ class GrpcTransport:
 
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="relayfl-control"),
+            maximum_concurrent_rpcs=MAX_CONTROL_CALLS,
             options=[
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", _CONTROL_LIMIT),
-                ("grpc.max_send_message_length", _CONTROL_LIMIT),
+                ("grpc.max_receive_message_length", CONTROL_LIMIT),
+                ("grpc.max_send_message_length", CONTROL_LIMIT),
             ],
         )
         server.add_generic_rpc_handlers(
@@ -450,7 +472,7 @@ class GrpcTransport:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
-            ("grpc.max_receive_message_length", _CONTROL_LIMIT),
+            ("grpc.max_receive_message_length", CONTROL_LIMIT),
         ]
         if self.tls is not None:
             creds = grpc.ssl_channel_credentials(
@@ -477,8 +499,9 @@ class GrpcTransport:
             "status": status,
         }
         call = self._channel_call(peer)
+        metadata = ((TOKEN_METADATA, self.spec.token),) if self.spec.token else None
         try:
-            raw = call(json.dumps(body).encode(), timeout=timeout)
+            raw = call(json.dumps(body).encode(), timeout=timeout, metadata=metadata)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
             if code in _REFUSAL_CODES:
@@ -523,10 +546,18 @@ class GrpcTransport:
     def _on_status_call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         source = context.peer()
         try:
-            try:
-                body = json.loads(request)
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise Rejected("malformed", f"status call is not JSON ({err})") from None
+            token = self.spec.token
+            if token is not None:  # checked before any parsing (a mismatch costs nothing)
+                sent = dict(context.invocation_metadata()).get(TOKEN_METADATA)
+                if sent is not None and not hmac.compare_digest(
+                    str(sent).encode("utf-8", "replace"), token.encode()
+                ):
+                    raise Rejected(
+                        "wrong-token",
+                        "a status call presented a wrong run token; give every node the "
+                        "same --token-file (or RELAYFL_TOKEN)",
+                    )
+            body = parse_json(request, "status call")  # at most CONTROL_LIMIT bytes
             if not isinstance(body, dict) or not isinstance(body.get("status"), dict):
                 raise Rejected("malformed", "status call without a 'status' object")
             sender = check_control(body, self.spec)
@@ -586,23 +617,95 @@ class GrpcTransport:
             self.log.warning(text)
 
     def _accept_loop(self) -> None:
+        """Accept data connections until closed. No accept() error ends the loop: on
+        EMFILE, ENFILE, ENOBUFS, ECONNABORTED... it logs one line (rate-limited), backs
+        off (50 ms doubling to 1 s) and tries again. Connections past the caps
+        (:data:`MAX_HANDSHAKES` in their handshake, a few per neighbour in all) are
+        closed at once and reported as ``busy``."""
         listener = self._listener
-        while not self._closed and listener is not None:
+        if listener is None:
+            return
+        listener.settimeout(0.25)  # wake up to enforce the handshake deadlines
+        backoff = 0.0
+        while not self._closed:
+            self._reap_handshakes()
             try:
                 conn, addr = listener.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._serve, args=(conn, addr), name="relayfl-recv", daemon=True
-            ).start()
+            except TimeoutError:
+                continue
+            except OSError as err:
+                if self._closed:
+                    return
+                backoff = min(1.0, 2 * backoff or 0.05)
+                self._warn(
+                    "accept",
+                    f"relayfl: the data listener on port {self.data_port} cannot accept "
+                    f"({err.strerror or err}); retrying, backing off up to 1 s",
+                )
+                time.sleep(backoff)
+                continue
+            backoff = 0.0
+            source = f"{addr[0]}:{addr[1]}"
+            with self._lock:
+                limit = MAX_HANDSHAKES + 4 * max(1, len(self.spec.peers))
+                busy = len(self._handshaking) >= MAX_HANDSHAKES or len(self._conns) >= limit
+                if not busy:
+                    self._conns.add(conn)
+                    self._handshaking[conn.fileno()] = time.monotonic() + HANDSHAKE_TIMEOUT
+            if busy:
+                with contextlib.suppress(OSError):
+                    conn.close()
+                self.handler.on_reject(
+                    "busy",
+                    source,
+                    f"connection closed: {MAX_HANDSHAKES} handshakes in progress or "
+                    f"{limit} data connections open",
+                )
+                continue
+            try:
+                threading.Thread(
+                    target=self._serve, args=(conn, addr), name="relayfl-recv", daemon=True
+                ).start()
+            except RuntimeError:  # cannot start a thread: refuse, keep accepting
+                self._end_handshake(conn.fileno())
+                with self._lock:
+                    self._conns.discard(conn)
+                conn.close()
+
+    def _reap_handshakes(self) -> None:
+        """Shut down data connections whose handshake (TLS and hello in all, not per
+        ``recv``) outlived :data:`HANDSHAKE_TIMEOUT`; their reader then ends."""
+        now = time.monotonic()
+        with self._lock:
+            for fd, deadline in list(self._handshaking.items()):
+                if now > deadline:
+                    del self._handshaking[fd]
+                    # by fd: TLS wrapping detaches the accepted socket object. Safe under
+                    # the lock: _serve ends the entry (under it) before closing the fd.
+                    sock = socket.socket(fileno=fd)
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    sock.detach()
+                    self._timed_out.add(fd)
+
+    def _end_handshake(self, fd: int) -> bool:
+        """End ``fd``'s handshake deadline; False when it had already expired."""
+        with self._lock:
+            self._handshaking.pop(fd, None)
+            if fd in self._timed_out:
+                self._timed_out.discard(fd)
+                return False
+            return True
 
     def _serve(self, conn: socket.socket, addr: tuple) -> None:
         source = f"{addr[0]}:{addr[1]}"
+        fd = conn.fileno()
         with self._lock:
             if self._closed:
+                self._handshaking.pop(fd, None)
+                self._conns.discard(conn)
                 conn.close()
                 return
-            self._conns.add(conn)
         try:
             conn.settimeout(HANDSHAKE_TIMEOUT)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -611,16 +714,16 @@ class GrpcTransport:
                     tls_conn = self._server_ctx.wrap_socket(conn, server_side=True)
                 except (ssl.SSLError, OSError) as err:
                     reason = getattr(err, "reason", None) or str(err)
-                    self.handler.on_reject(
-                        "bad-certificate", source, f"TLS handshake failed ({reason})"
+                    self._refuse_handshake(
+                        fd, source, "bad-certificate", f"TLS handshake failed ({reason})"
                     )
                     return
                 with self._lock:
                     self._conns.discard(conn)
                     self._conns.add(tls_conn)
                 conn = tls_conn
-            sender = self._handshake(conn, source)
-            if sender is None:
+            sender = self._handshake(conn, source, fd)
+            if sender is None or not self._end_handshake(fd):
                 return
             conn.settimeout(None)
             self._read_frames(conn, source, sender)
@@ -628,11 +731,21 @@ class GrpcTransport:
             pass
         finally:
             with self._lock:
+                self._handshaking.pop(fd, None)
+                self._timed_out.discard(fd)
                 self._conns.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def _handshake(self, conn: socket.socket, source: str) -> int | None:
+    def _refuse_handshake(self, fd: int, source: str, kind: str, detail: str) -> None:
+        """Report a failed handshake once: as ``handshake-timeout`` when its deadline
+        shut it down, else as ``kind``."""
+        if not self._end_handshake(fd):
+            kind = "handshake-timeout"
+            detail = f"TLS and hello took over {HANDSHAKE_TIMEOUT:g} s in all; connection closed"
+        self.handler.on_reject(kind, source, detail)
+
+    def _handshake(self, conn: socket.socket, source: str, fd: int) -> int | None:
         try:
             try:
                 prefix = _recv_exact(conn, PREFIX.size)
@@ -651,12 +764,12 @@ class GrpcTransport:
                         f"a peer with the certificate of {name!r} claims to be node {sender}",
                     )
         except Rejected as err:
-            self.handler.on_reject(err.kind, source, err.detail)
+            self._refuse_handshake(fd, source, err.kind, err.detail)
             with contextlib.suppress(OSError):
                 conn.sendall(encode({"kind": "refused", "reason": str(err)}))
             return None
-        except (TimeoutError, EOFError):
-            self.handler.on_reject("truncated", source, "connection closed during its hello")
+        except (OSError, EOFError):
+            self._refuse_handshake(fd, source, "truncated", "connection closed during its hello")
             return None
         conn.sendall(encode({"kind": "welcome"}))
         return sender
@@ -702,7 +815,11 @@ class GrpcTransport:
                     return
                 continue
             shape = header["shape"]
-            tensor = self._pool.get(math.prod(shape), dtype)  # no page faults per message
+            sizes = spec.frame_sizes
+            if sizes is None or payload_len in sizes:
+                tensor = self._pool.get(math.prod(shape), dtype)  # no page faults per message
+            else:  # a size this run never sends (the node refuses it): not kept
+                tensor = torch.empty(math.prod(shape), dtype=dtype)
             if tuple(tensor.shape) != shape:
                 tensor = tensor.view(shape)
             if not self._recv_payload(conn, tensor, payload_len, sender, source):

@@ -34,6 +34,7 @@ __all__ = [
     "encode",
     "parse_data_header",
     "parse_header",
+    "parse_json",
     "parse_prefix",
     "payload_view",
 ]
@@ -71,12 +72,21 @@ def parse_prefix(prefix: bytes, max_payload_bytes: int) -> tuple[int, int]:
     return header_len, payload_len
 
 
+def parse_json(raw: bytes, what: str) -> Any:
+    """``raw`` as JSON, or ``malformed`` in one line: not UTF-8, not JSON, nested too
+    deep (``RecursionError``) or a number of thousands of digits (Python's
+    ``int_max_str_digits``) are all bad input from a peer, never an internal error."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise Rejected("malformed", f"{what} is not UTF-8 JSON ({err})") from None
+    except (ValueError, RecursionError) as err:
+        raise Rejected("malformed", f"{what} is hostile JSON ({str(err)[:80]})") from None
+
+
 def parse_header(raw: bytes) -> dict[str, Any]:
     """The JSON header as a dict (``malformed`` when it is not one)."""
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise Rejected("malformed", f"header is not UTF-8 JSON ({err})") from None
+    header = parse_json(raw, "header")
     if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
         raise Rejected("malformed", "header is not a JSON object with a 'kind'")
     return header

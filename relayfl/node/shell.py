@@ -1,0 +1,201 @@
+"""The ``relayfl node`` process: from its parsed arguments to a finished node.
+
+Reads the run config, topology and address book, loads certificates and the run
+token, builds the :class:`~relayfl.transport.grpc.GrpcTransport` and the trainer, runs
+the :class:`~relayfl.node.Node`, and leaves the process without interpreter
+finalization once everything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from relayfl.errors import ConfigError
+
+__all__ = ["INSECURE_BANNER", "node_main", "run_token"]
+
+INSECURE_BANNER = (
+    "WARNING: --insecure: no TLS. Models and the run token cross the network in "
+    "plaintext, and any host that can reach this port can connect. Use it only on "
+    "loopback or for a demo; make certificates with `relayfl certs` instead."
+)
+
+
+def run_token(args: argparse.Namespace) -> str | None:
+    """The shared run token: ``--token-file``, else ``RELAYFL_TOKEN``, else None."""
+    if args.token_file:
+        path = Path(args.token_file)
+        if not path.is_file():
+            raise ConfigError(f"--token-file {path} does not exist; write the run token into it")
+        token = path.read_text().strip()
+        if not token:
+            raise ConfigError(f"--token-file {path} is empty; write the run token into it")
+        return token
+    return os.environ.get("RELAYFL_TOKEN") or None
+
+
+def _node_setup(args: argparse.Namespace) -> tuple[Any, Any, dict[int, str] | None]:
+    """RunConfig, graphs and the address book of ``relayfl node``."""
+    from relayfl import topology
+    from relayfl.config import RunConfig
+
+    addresses: dict[int, str] | None = None
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"--config {path} does not exist")
+        data = json.loads(path.read_text())
+        config = RunConfig.from_dict(data.get("config", data))
+    else:
+        topo = args.topology
+        if topo and Path(topo).is_file() and args.num_clients is None:
+            args.num_clients = topology.load_graph(topo).number_of_nodes()
+        if args.num_clients is None and args.peers:
+            args.num_clients = len(args.peers.split(","))
+        if args.num_clients is None:
+            raise ConfigError("how many nodes? pass a topology file, --peers, or --clients N")
+        config = RunConfig.from_args(args)
+    if config.topology and Path(config.topology).is_file():
+        graph = topology.load_graph(config.topology)
+        found = {
+            int(v): graph.nodes[v]["address"] for v in graph.nodes if "address" in graph.nodes[v]
+        }
+        addresses = found or None
+    graphs = config.build_graphs()
+    if args.peers:
+        peers = [a.strip() for a in args.peers.split(",") if a.strip()]
+        if len(peers) != config.num_clients:
+            raise ConfigError(
+                f"--peers lists {len(peers)} addresses for {config.num_clients} nodes; list "
+                "one host:port per node, in id order"
+            )
+        addresses = dict(enumerate(peers))
+    return config, graphs, addresses
+
+
+def _stdin_addresses(own: dict[str, str]) -> dict[int, str]:
+    """Read the address book ``relayfl launch`` writes on stdin, then watch for EOF."""
+    line = sys.stdin.readline()
+    if not line:
+        raise ConfigError("stdin closed before the address book arrived (launcher gone?)")
+    book = {int(k): v for k, v in json.loads(line)["addresses"].items()}
+
+    def watch() -> None:
+        while sys.stdin.readline():
+            pass
+        logging.getLogger("relayfl.node").error(
+            "relayfl node: the launcher went away (stdin closed); stopping"
+        )
+        os._exit(3)
+
+    threading.Thread(target=watch, name="relayfl-stdin", daemon=True).start()
+    return book
+
+
+def node_main(args: argparse.Namespace) -> int:
+    import torch
+
+    from relayfl.certs import load_tls
+    from relayfl.node import Node, NodeConfig, load_trainer
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s relayfl %(levelname)s %(message)s",
+    )
+    log = logging.getLogger("relayfl.node")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config, graphs, addresses = _node_setup(args)
+    me = args.node_id
+    if args.insecure and args.certificates:
+        raise ConfigError("pass either --certificates DIR or --insecure, not both")
+    if not args.insecure and not args.certificates:
+        raise ConfigError(
+            "no --certificates: make them with `relayfl certs --topology TOPOLOGY.json --out "
+            "certs` and pass --certificates certs, or pass --insecure for a loopback demo"
+        )
+    tls = load_tls(args.certificates, me) if args.certificates else None
+    if args.mutual_tls and tls is None:
+        raise ConfigError("--mutual-tls needs --certificates DIR")
+    token = run_token(args)
+    if args.insecure:
+        log.warning("node %d: %s", me, INSECURE_BANNER)
+    elif not token and not args.mutual_tls:
+        log.warning(
+            "node %d: no run token and no --mutual-tls: any host with a certificate-checking "
+            "client can connect; pass --token-file or --mutual-tls",
+            me,
+        )
+    listen = args.listen
+    if listen is None:
+        own = (addresses or {}).get(me)
+        if own is None:
+            raise ConfigError(
+                f"no address for node {me}: pass --listen HOST:PORT, or list it in the "
+                "topology file or --peers"
+            )
+        listen = f"0.0.0.0:{own.rpartition(':')[2]}"
+    data_listen = args.data_listen
+    if data_listen is None:
+        host, _, port = listen.rpartition(":")
+        data_listen = f"{host}:{int(port) + 1 if int(port) else 0}"
+    from relayfl.transport.grpc import GrpcTransport
+
+    transport = GrpcTransport(
+        listen,
+        data_listen,
+        tls=tls,
+        mutual_tls=args.mutual_tls,
+        send_timeout=max(60.0, args.step_timeout * 2),
+        logger=logging.getLogger("relayfl.transport"),
+    )
+    options = NodeConfig(
+        node_id=me,
+        out=Path(args.out) if args.out else Path("results") / f"node-{me}",
+        step_timeout=args.step_timeout,
+        dead_after=args.dead_after,
+        heartbeat=args.heartbeat,
+        startup_timeout=args.startup_timeout,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        run_name=args.run_name,
+        events=args.events,
+    )
+    # torch.func (the simulator's engine) imports torch._dynamo on its first gradient:
+    # ~4 s of CPU. Pay it now, before the rendezvous, not inside step 0's timeout.
+    import torch._dynamo
+
+    trainer = load_trainer(args.client, config, me)
+    book: Any = _stdin_addresses if args.peers_from_stdin else addresses
+    if book is None:
+        raise ConfigError(
+            'no peer addresses: use a JSON topology file whose nodes have an "address", '
+            "or --peers host:port,... with a named --topology"
+        )
+    node = Node(
+        config, options, trainer, transport, graphs=graphs, addresses=book, token=token, logger=log
+    )
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())  # checkpoint, then exit
+    result = node.run()
+    final = result.final
+    print(
+        f"node {me}: done, accuracy {final.mean_accuracy:.4f} at step {final.step}; "
+        f"results in {options.out}",
+        file=sys.stderr,
+    )
+    # Everything is written and closed. Leave without interpreter finalization: gRPC's
+    # C++ threads can abort ("terminate called without an active exception") while
+    # Python tears down, which would turn a finished run into a crash exit code.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

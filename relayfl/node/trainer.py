@@ -1,0 +1,215 @@
+"""What a node trains: the :class:`Trainer` protocol and :func:`load_trainer`.
+
+The one place that decides how a ``--client`` is loaded (a built-in dataset, a
+:class:`~relayfl.task.Task`, or a Flower client through :class:`FlowerTrainer`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import os
+import sys
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from relayfl.config import RunConfig
+from relayfl.errors import ConfigError
+from relayfl.task import Task
+
+__all__ = ["FlowerTrainer", "Trainer", "load_trainer"]
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """One worker's local training, as a node drives it (``LocalWorker`` is one).
+
+    Attributes
+    ----------
+    x0 : Tensor[d]
+        The initial model, flat (every node of a run must start from the same one).
+    """
+
+    x0: Tensor
+
+    def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
+        """``num_steps`` local steps from model ``x`` at global step ``step``;
+        returns the new model and the mean training loss."""
+
+    def evaluate(self, x: Tensor) -> tuple[float, float]:
+        """Test accuracy and loss of model ``x``."""
+
+    def state_dict(self) -> dict:
+        """Local state to checkpoint (optimizer buffers)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class FlowerTrainer:
+    """A Flower client as a :class:`Trainer`, through :mod:`relayfl.flower`'s adapter.
+
+    Takes what :func:`relayfl.flower.client.as_trainer` takes: a ``client_fn(context)``
+    returning a ``NumPyClient`` (or ``Client``), a :class:`relayfl.flower.RelayClientApp`
+    such as ``clients.digits:app``, or a NumPyClient instance. The node keeps one Flower
+    ``Context`` (``partition-id`` = node id, ``run_config`` = the run's config) whose
+    ``state`` persists across rounds, as on a SuperNode. ``fit`` gets ``server-round``
+    (round + 1), ``local-steps`` and ``step``.
+    """
+
+    def __init__(self, client: Any, config: RunConfig, node: int) -> None:
+        from relayfl.flower.client import as_trainer
+        from relayfl.flower.records import arrays_to_flat
+
+        if callable(getattr(client, "fit", None)) and callable(
+            getattr(client, "get_parameters", None)
+        ):
+            instance = client
+            client = lambda context: instance  # noqa: E731 - a client_fn for one client
+        self._trainer = as_trainer(client)
+        self.context = _flower_context(node, config)
+        self._base = dict(config.to_flower())
+        self._like = self._trainer.initial_arrays(self._base, self.context)
+        self.x0, self.layout = arrays_to_flat(self._like)
+        self.num_samples = 0
+
+    def _arrays(self, x: Tensor) -> Any:
+        from relayfl.flower.records import flat_to_arrays
+
+        # a copy: the client may change its arrays in place, the node's model must not move
+        return flat_to_arrays(x.detach().cpu().clone(), self.layout, self._like)
+
+    def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
+        from relayfl.flower.records import arrays_to_flat
+
+        config = {
+            **self._base,
+            "server-round": step // num_steps + 1,
+            "local-steps": num_steps,
+            "step": step,
+        }
+        arrays, metrics = self._trainer.fit(self._arrays(x), config, self.context)
+        self._like = arrays
+        self.num_samples = int(metrics.get("num-examples", 0))
+        flat, _ = arrays_to_flat(arrays)
+        loss = next(
+            (metrics[k] for k in ("train-loss", "train_loss", "loss") if k in metrics), math.nan
+        )
+        return flat.to(x.dtype), float(loss)
+
+    def evaluate(self, x: Tensor) -> tuple[float, float]:
+        ev = self._trainer.evaluate(self._arrays(x), self._base, self.context)
+        accuracy = next(
+            (ev[k] for k in ("accuracy", "eval-accuracy", "eval_accuracy", "acc") if k in ev),
+            math.nan,
+        )
+        return float(accuracy), float(ev.get("loss", math.nan))
+
+    def state_dict(self) -> dict:
+        return {"context_state": self.context.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "context_state" in state:
+            self.context.state = state["context_state"]
+
+
+def _import(spec: str) -> Any:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(
+            f"--client {spec!r} is not module:attribute; write e.g. clients.digits:client_fn"
+        )
+    sys.path.insert(0, os.getcwd()) if os.getcwd() not in sys.path else None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"cannot import {module_name!r} for --client {spec!r} ({err}); run from the "
+            "folder that holds it, or install it"
+        ) from None
+    obj: Any = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"module {module_name!r} has no attribute {attribute!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _flower_context(node: int, config: RunConfig) -> Any:
+    """A Flower ``Context`` for node ``node`` (``partition-id`` = the node id)."""
+    from flwr.app import Context, RecordDict
+
+    return Context(
+        run_id=0,
+        node_id=node,
+        node_config={"partition-id": node, "num-partitions": config.num_clients},
+        state=RecordDict(),
+        run_config=dict(config.to_flower()),
+    )
+
+
+def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trainer:
+    """The trainer a node runs: the one place that decides how a client is loaded.
+
+    Parameters
+    ----------
+    client : str, object or None
+        None: the built-in dataset of ``config`` on the simulator's
+        :class:`~relayfl.worker.LocalWorker` (so the node reproduces the simulation).
+        ``"module:attribute"`` (or the object itself): a :class:`~relayfl.task.Task` or a
+        factory returning one (``fn()`` or ``fn(node_id, num_nodes)``), which run on
+        ``LocalWorker``; or any Flower client :class:`FlowerTrainer` takes: a
+        ``client_fn(context)``, a ``RelayClientApp`` (the ready ``clients.digits:app``,
+        ...) or a ``NumPyClient``. Clients are built under ``torch.manual_seed(seed)``
+        so every node starts from the same initial model.
+    config : RunConfig
+    node : int
+
+    Returns
+    -------
+    Trainer
+    """
+    from relayfl.worker import LocalWorker
+
+    if client is None:
+        return LocalWorker(config.load_task(), config, node)
+    obj = _import(client) if isinstance(client, str) else client
+    if isinstance(obj, Task):
+        return LocalWorker(obj, config, node)
+    if isinstance(obj, Trainer) and not callable(getattr(obj, "get_parameters", None)):
+        return obj
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if callable(obj) and not _is_flower_client(obj):  # a factory: fn() or fn(id, n)
+            made = obj(node, config.num_clients) if _positional(obj) >= 2 else obj()
+            if isinstance(made, Task):
+                return LocalWorker(made, config, node)
+            obj = made
+        return FlowerTrainer(obj, config, node)
+
+
+def _is_flower_client(obj: Any) -> bool:
+    """A ClientApp, a NumPyClient/Client, or a ``client_fn(context)``."""
+    if callable(getattr(obj, "fit", None)):
+        return True
+    try:
+        from flwr.clientapp import ClientApp
+    except ImportError:  # pragma: no cover - flwr is a dependency
+        return False
+    return isinstance(obj, ClientApp) or _positional(obj) == 1
+
+
+def _positional(fn: Any) -> int:
+    """How many positional arguments ``fn`` requires (-1 when it cannot be told)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return -1
+    return sum(
+        1
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
