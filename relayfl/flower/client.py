@@ -20,10 +20,11 @@ lives in ``context.state``: in deployment each message may start a fresh process
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -615,50 +616,56 @@ class RelayClientApp(ClientApp):
 
     # -------------------------------------------------------------- Flower messages
     def _flower_train(self, msg: Message, context: Context) -> Message:
-        msg = self._take_run_config(msg, context)
-        if self._app is not None and getattr(self._app, "_call", None) is None:
-            return self._app(msg, context)  # a Message-API app, unchanged
-        arrays = msg.content.array_records
-        record = arrays["arrays"] if "arrays" in arrays else next(iter(arrays.values()))
-        config = dict(msg.content["config"]) if "config" in msg.content else {}
-        new, metrics = self.trainer.fit(record, config, context)
+        with use_run_config(context, msg.content):
+            msg = self._strip(msg)
+            if self._app is not None and getattr(self._app, "_call", None) is None:
+                return self._app(msg, context)  # a Message-API app, unchanged
+            record, config = _arrays_and_config(msg)
+            new, metrics = self.trainer.fit(record, config, context)
         return Message(RecordDict({"arrays": new, "metrics": metric_record(metrics)}), reply_to=msg)
 
     def _flower_evaluate(self, msg: Message, context: Context) -> Message:
-        msg = self._take_run_config(msg, context)
-        if self._app is not None and getattr(self._app, "_call", None) is None:
-            return self._app(msg, context)
-        arrays = msg.content.array_records
-        record = arrays["arrays"] if "arrays" in arrays else next(iter(arrays.values()))
-        config = dict(msg.content["config"]) if "config" in msg.content else {}
-        metrics = self.trainer.evaluate(record, config, context)
+        with use_run_config(context, msg.content):
+            msg = self._strip(msg)
+            if self._app is not None and getattr(self._app, "_call", None) is None:
+                return self._app(msg, context)
+            record, config = _arrays_and_config(msg)
+            metrics = self.trainer.evaluate(record, config, context)
         return Message(RecordDict({"metrics": metric_record(metrics)}), reply_to=msg)
 
     @staticmethod
-    def _take_run_config(msg: Message, context: Context) -> Message:
-        """Merge a carried run config into ``context.run_config``; the message without it
-        (the user's functions see Flower's own records only)."""
+    def _strip(msg: Message) -> Message:
+        """The message without relayfl's run-config record (the user's functions see
+        Flower's own records only)."""
         if RUN_CONFIG not in msg.content:
             return msg
-        use_run_config(context, msg.content)
         content = RecordDict({k: v for k, v in msg.content.items() if k != RUN_CONFIG})
         return Message(content=content, metadata=msg.metadata)
 
     # -------------------------------------------------------------- relay messages
     def _hello(self, msg: Message, context: Context) -> Message:
-        use_run_config(context, msg.content)
         config = dict(msg.content["config"]) if "config" in msg.content else {}
         pid, num = partition_of(context)
         out = RecordDict({"config": ConfigRecord({"partition-id": pid, "num-partitions": num})})
         if config.get("send-initial") and pid == 0:
-            out[protocol.X0] = self.trainer.initial_arrays(config, context)
+            with use_run_config(context, msg.content):
+                out[protocol.X0] = self.trainer.initial_arrays(config, context)
         return Message(out, reply_to=msg)
 
     def _round(self, msg: Message, context: Context) -> Message:
-        use_run_config(context, msg.content)
         config = dict(msg.content["config"])
         records = dict(msg.content.array_records)
-        return Message(node_step(self.trainer, context, config, records), reply_to=msg)
+        with use_run_config(context, msg.content):
+            out = node_step(self.trainer, context, config, records)
+        return Message(out, reply_to=msg)
+
+
+def _arrays_and_config(msg: Message) -> tuple[ArrayRecord, dict[str, Any]]:
+    """The model and config of a Flower ``train`` / ``evaluate`` instruction."""
+    arrays = msg.content.array_records
+    record = arrays["arrays"] if "arrays" in arrays else next(iter(arrays.values()))
+    config = dict(msg.content["config"]) if "config" in msg.content else {}
+    return record, config
 
 
 class _WithInitial:
@@ -681,11 +688,20 @@ class _WithInitial:
         return self._trainer.evaluate(arrays, config, context)
 
 
-def use_run_config(context: Context, content: RecordDict) -> None:
-    """Merge the user's run config carried by a relayfl message into
-    ``context.run_config`` (Flower's own values, from ``flwr run``, are kept)."""
-    if RUN_CONFIG in content:
-        context.run_config = {**dict(context.run_config), **dict(content[RUN_CONFIG])}
+@contextlib.contextmanager
+def use_run_config(context: Context, content: RecordDict) -> Iterator[None]:
+    """Within the block, ``context.run_config`` holds the user's run config carried by
+    a relayfl message (over Flower's own values, from ``flwr run``); restored after,
+    as Flower's SuperNode refuses a changed ``run_config``."""
+    if RUN_CONFIG not in content:
+        yield
+        return
+    saved = context.run_config
+    context.run_config = {**dict(saved), **dict(content[RUN_CONFIG])}
+    try:
+        yield
+    finally:
+        context.run_config = saved
 
 
 def as_trainer(

@@ -1,0 +1,85 @@
+"""What a Flower user hands relayfl from the command line: the initial model and the
+run config.
+
+* :func:`load_initial`: ``--initial FILE``, the initial model for a client that cannot
+  give one (a Message-API ``ClientApp``): a ``torch.save``'d ``state_dict`` (``.pt``,
+  ``.pth``; keys kept, as ``ArrayRecord(model.state_dict())``) or an ``.npz`` of the
+  arrays in order (``np.savez(path, *get_weights(net))``; keys ``"0"``, ``"1"``, ...
+  as ``ArrayRecord(list_of_ndarrays)``).
+* :func:`parse_run_config`: ``--run-config "k=v k2=v2"``, parsed as ``flwr run
+  --run-config`` parses it (TOML values: ``2``, ``0.1``, ``"text"``, ``true``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from relayfl.errors import ConfigError
+
+__all__ = ["load_initial", "parse_run_config"]
+
+
+def load_initial(path: str | Path) -> ArrayRecord:
+    """The initial model saved at ``path`` (``.pt`` / ``.pth`` state_dict, or ``.npz``).
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, of another kind, or holds no arrays.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"--initial {p} does not exist; save it with torch.save(net.state_dict(), path)"
+        )
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as npz:
+            arrays = [np.ascontiguousarray(npz[k]) for k in npz.files]
+        record = ArrayRecord(arrays)
+    elif p.suffix in (".pt", ".pth"):
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ConfigError(f"--initial {p} is not a torch.save'd state_dict ({err})") from None
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise ConfigError(
+                f"--initial {p} holds a {type(state).__name__}, not a state_dict of tensors; "
+                "save it with torch.save(net.state_dict(), path)"
+            )
+        record = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
+    else:
+        raise ConfigError(
+            f"--initial {p} is neither .pt/.pth (torch.save'd state_dict) nor .npz "
+            "(np.savez of the arrays in order)"
+        )
+    if not record:
+        raise ConfigError(f"--initial {p} holds no arrays")
+    return record
+
+
+def parse_run_config(text: str | None) -> dict[str, Any]:
+    """``"k=v k2=v2"`` as a dict, with Flower's own parser (``flwr run --run-config``).
+
+    Raises
+    ------
+    ConfigError
+        When ``text`` is not ``key=value`` pairs with TOML values.
+    """
+    if not text:
+        return {}
+    from flwr.common.config import parse_config_args
+
+    try:
+        return dict(parse_config_args([text]))
+    except Exception as err:
+        raise ConfigError(
+            f"--run-config {text!r} is not key=value pairs with TOML values ({err}); "
+            'write e.g. --run-config "local-epochs=2 name=\\"x\\""'
+        ) from None
