@@ -10,6 +10,7 @@ round passes through the SuperLink, two hops; ``relayfl node`` is the serverless
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import fields
@@ -23,6 +24,7 @@ from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
 from relayfl.flower import protocol
 from relayfl.flower.client import NO_INITIAL, RelayClientApp, can_give_initial, describe_client
+from relayfl.flower.inputs import load_initial
 from relayfl.flower.peer import PEER_ALGORITHMS
 from relayfl.flower.records import config_record
 from relayfl.flower.runtime import CountingGrid, FlowerRunError, check_replies, run_simulation
@@ -36,6 +38,7 @@ _RELAYFL_KEYS = frozenset(f.name.replace("_", "-") for f in fields(RunConfig)) |
     "out",
     "initial",
     "initial-file",
+    "client-run-config",
 }
 
 #: Seconds to wait for one round's replies (a deployed SuperNode starts a process per
@@ -258,10 +261,15 @@ def relay_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else RunConfig.from_flower(context.run_config)
+        rc = context.run_config
         init = initial_arrays
+        if init is None and rc.get("initial-file"):  # flwr run: a Message-API app's model
+            init = load_initial(str(rc["initial-file"]))
         if init is None:  # flwr run: --run-config 'initial="own"' skips the handshake
-            init = str(context.run_config.get("initial", "")) or None
-        user = {k: v for k, v in context.run_config.items() if k not in _RELAYFL_KEYS}
+            init = str(rc.get("initial", "")) or None
+        user = {k: v for k, v in rc.items() if k not in _RELAYFL_KEYS}
+        if rc.get("client-run-config"):
+            user.update(json.loads(str(rc["client-run-config"])))
         user.update(run_config or {})
         result = run_relay(
             grid, cfg, initial_arrays=init, fit_config=fit_config, run_config=user, **kwargs
