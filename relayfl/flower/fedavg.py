@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -48,7 +49,13 @@ from relayfl.flower.runtime import CountingGrid, FlowerRunError, last_line, run_
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
 
-__all__ = ["fedavg_worker_config", "run_fedavg", "task_evaluator", "task_initial_arrays"]
+__all__ = [
+    "client_evaluator",
+    "fedavg_worker_config",
+    "run_fedavg",
+    "task_evaluator",
+    "task_initial_arrays",
+]
 
 #: Evaluation callback: ``(server_round, arrays) -> MetricRecord | None`` (Flower's).
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -83,6 +90,53 @@ def task_evaluator(task: Task, config: RunConfig) -> EvaluateFn:
         flat, _ = arrays_to_flat(arrays)
         acc, loss = worker[0].evaluate(flat.to(worker[0].x0.dtype))
         return MetricRecord({"accuracy": acc, "loss": loss})
+
+    return evaluate
+
+
+def client_evaluator(
+    client: ClientApp | ClientFn,
+    config: RunConfig,
+    *,
+    initial_arrays: ArrayRecord | None = None,
+    run_config: Mapping[str, Any] | None = None,
+) -> EvaluateFn:
+    """An ``evaluate_fn`` for a user's client without a server-side test set: the global
+    model evaluated by every client's own ``evaluate`` (in this process, partition
+    ``p`` of ``num_clients``), as each relay worker evaluates its model; returns
+    ``accuracy`` (mean over clients), ``worst-accuracy``, ``loss`` and the per-client
+    ``accuracies`` / ``losses``."""
+    from relayfl.flower.client import ACCURACY_KEYS, LOSS_KEYS, as_trainer
+
+    trainer = as_trainer(client, initial_arrays)
+    n = config.num_clients
+    contexts = [
+        Context(
+            run_id=0,
+            node_id=p + 1,
+            node_config={"partition-id": p, "num-partitions": n},
+            state=RecordDict(),
+            run_config=client_run_config(config, run_config),
+        )
+        for p in range(n)
+    ]
+    settings = fedavg_worker_config(config).to_flower()
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        acc, loss = [], []
+        for p in range(n):
+            ev = trainer.evaluate(arrays, {**settings, "server-round": server_round}, contexts[p])
+            acc.append(scalar(ev, ACCURACY_KEYS))
+            loss.append(scalar(ev, LOSS_KEYS))
+        return MetricRecord(
+            {
+                "accuracy": float(np.mean(acc)),
+                "worst-accuracy": float(np.min(acc)),
+                "loss": float(np.mean(loss)),
+                "accuracies": [float(a) for a in acc],
+                "losses": [float(v) for v in loss],
+            }
+        )
 
     return evaluate
 
@@ -290,8 +344,10 @@ def run_fedavg(
         metrics = evaluate_fn(server_round, arrays)
         if metrics is None:
             return None
-        acc = float(metrics.get("accuracy", math.nan))
-        loss = float(metrics.get("loss", math.nan))
+        acc = scalar(metrics, ("accuracy",))
+        loss = scalar(metrics, ("loss",))
+        accs = list(metrics.get("accuracies", [acc] * n))  # per client, when evaluated so
+        losses = list(metrics.get("losses", [loss] * n))
         grid: CountingGrid = state["grid"]
         nodes = sorted(grid.get_node_ids())
         trained = getattr(state["strategy"], "last_train_metrics", None) or {}
@@ -303,14 +359,14 @@ def run_fedavg(
                 epoch=math.nan,
                 lr=0.0 if server_round == 0 else scalar(trained, ("lr", "round-lr")),
                 mean_accuracy=acc,
-                worst_accuracy=acc,
-                best_accuracy=acc,
+                worst_accuracy=float(np.min(accs)),
+                best_accuracy=float(np.max(accs)),
                 mean_loss=loss,
-                worst_loss=loss,
+                worst_loss=float(np.max(losses)),
                 train_loss=scalar(trained, TRAIN_LOSS_KEYS),
                 consensus_distance=0.0,
-                accuracies=[acc] * n,
-                losses=[loss] * n,
+                accuracies=[float(a) for a in accs],
+                losses=[float(v) for v in losses],
                 bytes_sent=[grid.sent.get(i, 0) for i in nodes],
                 bytes_received=[grid.received.get(i, 0) for i in nodes],
                 wall_s=time.perf_counter() - started,

@@ -12,6 +12,9 @@ run config.
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,35 @@ from flwr.app import ArrayRecord
 
 from relayfl.errors import ConfigError
 
-__all__ = ["load_initial", "parse_run_config"]
+__all__ = ["load_client", "load_initial", "parse_run_config"]
+
+
+def load_client(spec: str) -> Any:
+    """The object ``"module:attribute"`` names (a ``client_fn`` or a ``ClientApp``),
+    imported from the current folder or the installed packages.
+
+    Raises
+    ------
+    ConfigError
+        When ``spec`` is not ``module:attribute`` or cannot be imported.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"--client {spec!r} is not module:attribute; write e.g. my_app:client_fn")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"cannot import {module_name!r} for --client {spec!r} ({err}); run from the "
+            "folder that holds it, or install it"
+        ) from None
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"module {module_name!r} has no attribute {attribute!r}")
+        obj = getattr(obj, part)
+    return obj
 
 
 def load_initial(path: str | Path) -> ArrayRecord:
