@@ -3,9 +3,10 @@ run config.
 
 * :func:`load_initial`: ``--initial FILE``, the initial model for a client that cannot
   give one (a Message-API ``ClientApp``): a ``torch.save``'d ``state_dict`` (``.pt``,
-  ``.pth``; keys kept, as ``ArrayRecord(model.state_dict())``) or an ``.npz`` of the
-  arrays in order (``np.savez(path, *get_weights(net))``; keys ``"0"``, ``"1"``, ...
-  as ``ArrayRecord(list_of_ndarrays)``).
+  ``.pth``; keys kept, as ``ArrayRecord(model.state_dict())``) or an ``.npz``: named
+  arrays (``np.savez(path, **state_dict)``, names kept) or arrays in order
+  (``np.savez(path, *get_weights(net))``; keys ``"0"``, ``"1"``, ... as
+  ``ArrayRecord(list_of_ndarrays)``, enough for a NumPyClient).
 * :func:`parse_run_config`: ``--run-config "k=v k2=v2"``, parsed as ``flwr run
   --run-config`` parses it (TOML values: ``2``, ``0.1``, ``"text"``, ``true``).
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 from relayfl.errors import ConfigError
 
@@ -70,8 +71,14 @@ def load_initial(path: str | Path) -> ArrayRecord:
         )
     if p.suffix == ".npz":
         with np.load(p, allow_pickle=False) as npz:
-            arrays = [np.ascontiguousarray(npz[k]) for k in npz.files]
-        record = ArrayRecord(arrays)
+            named = {k: np.ascontiguousarray(npz[k]) for k in npz.files}
+        positional = [f"arr_{i}" for i in range(len(named))]
+        # np.savez(path, *arrays) names them arr_0, arr_1, ...: keys "0", "1", ... as
+        # ArrayRecord(list); np.savez(path, **state_dict) keeps the names
+        if list(named) == positional:
+            record = ArrayRecord(list(named.values()))
+        else:
+            record = ArrayRecord({k: Array(v) for k, v in named.items()})
     elif p.suffix in (".pt", ".pth"):
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
