@@ -158,6 +158,7 @@ class _CheckedFedAvg(FedAvg):
         self.worker_config = worker_config
         self.run_config = dict(run_config or {})
         self.last_train_metrics: MetricRecord | None = None
+        self.last_lr = math.nan
         self.sizes: list[int] = []
         self.client_metrics: list[dict[str, Any]] = []
 
@@ -167,7 +168,8 @@ class _CheckedFedAvg(FedAvg):
         """Flower's, plus ``round-lr`` in the config and the user's run config record."""
         wcfg = self.worker_config
         if wcfg is not None:
-            config["round-lr"] = round_lr(wcfg, self.sizes, (server_round - 1) * wcfg.local_steps)
+            self.last_lr = round_lr(wcfg, self.sizes, (server_round - 1) * wcfg.local_steps)
+            config["round-lr"] = self.last_lr
         messages = list(super().configure_train(server_round, arrays, config, grid))
         if self.run_config:
             for msg in messages:
@@ -357,7 +359,7 @@ def run_fedavg(
                 step=step,
                 round=server_round,
                 epoch=math.nan,
-                lr=0.0 if server_round == 0 else scalar(trained, ("lr", "round-lr")),
+                lr=0.0 if server_round == 0 else _round_lr(trained, state["strategy"]),
                 mean_accuracy=acc,
                 worst_accuracy=float(np.min(accs)),
                 best_accuracy=float(np.max(accs)),
@@ -427,3 +429,9 @@ def run_fedavg(
             ],
         },
     )
+
+
+def _round_lr(trained: Mapping[str, Any], strategy: Any) -> float:
+    """The lr the clients report, else the ``round-lr`` the round's config carried."""
+    lr = scalar(trained, ("lr",))
+    return getattr(strategy, "last_lr", math.nan) if math.isnan(lr) else lr
