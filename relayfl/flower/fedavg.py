@@ -45,7 +45,13 @@ from relayfl.flower.records import (
     ndarrays_to_record,
     scalar,
 )
-from relayfl.flower.runtime import CountingGrid, FlowerRunError, last_line, run_simulation
+from relayfl.flower.runtime import (
+    CountingGrid,
+    FlowerRunError,
+    last_line,
+    reply_error,
+    run_simulation,
+)
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
 
@@ -182,10 +188,7 @@ class _CheckedFedAvg(FedAvg):
         replies = list(replies)
         for msg in replies:
             if msg.has_error():
-                raise FlowerRunError(
-                    f"FedAvg round {server_round}: node {msg.metadata.src_node_id} replied "
-                    f"with error {msg.error.code}: {last_line(msg.error.reason)}"
-                )
+                raise reply_error(msg, f"FedAvg round {server_round}")
         if len(replies) < self.num_nodes:
             raise FlowerRunError(
                 f"FedAvg round {server_round}: {len(replies)} of {self.num_nodes} nodes "

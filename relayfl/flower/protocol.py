@@ -214,6 +214,8 @@ class RelayRecorder:
         #: Every metric each client reported: ``{"round", "partition-id", "fit",
         #: "evaluate"}`` per worker and round (bytes as base64).
         self.client_metrics: list[dict[str, Any]] = []
+        #: The user's ``local-epochs`` per round, when set: epochs count from it.
+        self.local_epochs: float | None = None
         self.evaluations: list[EvalRecord] = []
         self.train_loss = math.nan
         self.lr = math.nan
@@ -267,7 +269,9 @@ class RelayRecorder:
         record = EvalRecord(
             step=step,
             round=rounds_done,
-            epoch=step / per_epoch if per_epoch else math.nan,
+            epoch=rounds_done * self.local_epochs
+            if self.local_epochs
+            else (step / per_epoch if per_epoch else math.nan),
             lr=self.lr if rounds_done else 0.0,
             mean_accuracy=float(np.mean(acc)),
             worst_accuracy=float(np.min(acc)),
@@ -356,6 +360,8 @@ def relay_rounds(
     n = config.num_clients
     total = num_rounds(config)
     base = config.to_flower()
+    if run_config and "local-epochs" in run_config:
+        recorder.local_epochs = float(run_config["local-epochs"])
     first = {X0: x0} if x0 is not None else {}
     incoming: dict[int, dict[str, ArrayRecord]] = {p: dict(first) for p in range(n)}
     models: Tensor | None = None
