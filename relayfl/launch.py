@@ -799,6 +799,9 @@ def merge_results(config: RunConfig, out: Path, n: int, graphs: Any) -> RunResul
             "drops": {k: e.get("drops", {}) for k, e in extras.items()},
             "rejected": {k: e.get("rejected", {}) for k, e in extras.items()},
             "finished": sorted(extras),
+            "client_metrics": [
+                r for k in sorted(extras) for r in extras[k].get("client_metrics", [])
+            ],
         },
         models=models,
     )

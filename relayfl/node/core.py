@@ -475,6 +475,7 @@ class Node(Liveness, StepProtocol):
                 ).tolist()
         if hasattr(self.trainer, "num_samples"):
             task_info["partition_size"] = int(self.trainer.num_samples)
+        task_info.update(getattr(self.trainer, "task_info", {}))  # a Flower client's own
         return RunResult(
             config=self.config.to_dict(),
             evaluations=list(self.evaluations),
@@ -497,6 +498,7 @@ class Node(Liveness, StepProtocol):
                 "dead": list(self._dead_log),
                 "revived": list(self._revived_log),
                 "resumed": self._resumed,
+                "client_metrics": getattr(self.trainer, "client_metrics", []),
                 "options": {
                     k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.options).items()
                 },

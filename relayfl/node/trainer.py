@@ -88,7 +88,7 @@ class FlowerTrainer:
         initial: Any = None,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
-        from relayfl.flower.client import NO_INITIAL, as_trainer, can_give_initial
+        from relayfl.flower.client import NO_INITIAL, as_trainer, can_give_initial, describe_client
         from relayfl.flower.inputs import load_initial
         from relayfl.flower.records import arrays_to_flat
 
@@ -111,6 +111,15 @@ class FlowerTrainer:
         self.num_samples = 0
         #: False after a fit that reported no training loss (NaN is then no divergence).
         self.reports_loss = True
+        self.node = node
+        self._rounds = 0
+        #: Every metric the client reported, per round (``results.json`` extra).
+        self.client_metrics: list[dict[str, Any]] = []
+        #: The user's task in ``results.json`` (name, data size from ``num-examples``).
+        self.task_info: dict[str, Any] = {
+            "name": describe_client(client),
+            "partition": "the client's own (partition-id of num-partitions)",
+        }
 
     def _arrays(self, x: Tensor) -> Any:
         from relayfl.flower.records import flat_to_arrays
@@ -121,7 +130,7 @@ class FlowerTrainer:
     def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
         from relayfl.flower.client import TRAIN_LOSS_KEYS
         from relayfl.flower.protocol import round_lr
-        from relayfl.flower.records import arrays_to_flat, scalar
+        from relayfl.flower.records import arrays_to_flat, client_metrics, json_metrics, scalar
 
         config = {
             **self._base,
@@ -143,13 +152,18 @@ class FlowerTrainer:
             )
         loss = scalar(metrics, TRAIN_LOSS_KEYS)
         self.reports_loss = not math.isnan(loss)
+        self._rounds += 1
+        fit = json_metrics(client_metrics(metrics))
+        self.client_metrics.append({"round": self._rounds, "partition-id": self.node, "fit": fit})
         return flat.to(x.dtype), loss
 
     def evaluate(self, x: Tensor) -> tuple[float, float]:
         from relayfl.flower.client import ACCURACY_KEYS, LOSS_KEYS
-        from relayfl.flower.records import scalar
+        from relayfl.flower.records import client_metrics, json_metrics, scalar
 
         ev = self._trainer.evaluate(self._arrays(x), self._base, self.context)
+        row = {"round": self._rounds + 1, "partition-id": self.node}
+        self.client_metrics.append({**row, "evaluate": json_metrics(client_metrics(ev))})
         return scalar(ev, ACCURACY_KEYS), scalar(ev, LOSS_KEYS)
 
     def state_dict(self) -> dict:
