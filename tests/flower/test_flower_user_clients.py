@@ -237,3 +237,32 @@ def test_message_app_serverless_with_initial_file(tmp_path: Path) -> None:
     )
     fits = [r for r in launched["extra"]["client_metrics"] if "fit" in r]
     assert len(fits) == 2 * 4 and all("train_loss" in r["fit"] for r in fits)
+
+
+def test_errors_from_flowers_engine_keep_their_type_and_message() -> None:
+    """A node's error reply, in Flower's `<class 'T'>:<'message'>` form, comes back as
+    the relayfl error it was (ConfigError stays ConfigError), or names the type."""
+    from flwr.app import Error, Message, Metadata
+
+    from relayfl.flower.runtime import FlowerRunError, reply_error
+
+    def reply(reason: str) -> Message:
+        meta = Metadata(
+            run_id=1,
+            message_id="m",
+            src_node_id=5,
+            dst_node_id=1,
+            reply_to_message_id="i",
+            group_id="1",
+            created_at=0.0,
+            ttl=60.0,
+            message_type="query.relayfl_round",
+        )
+        return Message(Error(code=0, reason=reason), metadata=meta)
+
+    err = reply_error(reply("<class 'relayfl.errors.ConfigError'>:<'array 0 is wrong'>"), "round 2")
+    assert type(err) is ConfigError and str(err) == "round 2, node 5: array 0 is wrong"
+    err = reply_error(reply("<class 'KeyError'>:<'local-epochs'>"), "round 1")
+    assert (
+        type(err) is FlowerRunError and str(err) == "round 1: node 5 raised KeyError: local-epochs"
+    )
