@@ -244,6 +244,11 @@ def load_trainer(
     """
     from relayfl.worker import LocalWorker
 
+    if client is None and (initial is not None or run_config):
+        raise ConfigError(
+            "--initial and --run-config are for a Flower --client; the built-in dataset "
+            "starts from its own seeded model and reads the run options"
+        )
     if client is None:
         return LocalWorker(config.load_task(), config, node)
     obj = _import(client) if isinstance(client, str) else client
