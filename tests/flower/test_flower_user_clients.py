@@ -266,3 +266,29 @@ def test_errors_from_flowers_engine_keep_their_type_and_message() -> None:
     assert (
         type(err) is FlowerRunError and str(err) == "round 1: node 5 raised KeyError: local-epochs"
     )
+
+
+def test_compare_runs_the_users_client_and_leaves_allreduce_out(capsys) -> None:
+    """relayfl compare --client: the relay rows on the user's client (FedAvg's row is
+    Flower's engine, covered above); allreduce is left out, saying so."""
+    from relayfl.compare import CompareSpec, run_compare
+
+    spec = CompareSpec(
+        client="user_clients:client_fn",
+        algorithms=("relaysgd", "dpsgd", "allreduce"),
+        clients=4,
+        rounds=3,
+        seeds=(0,),
+        alphas=(1.0, 0.1),
+        run={"schedule": False},
+        run_config={"local-epochs": 2},
+        quiet=True,
+    )
+    assert spec.algorithms == ("relaysgd", "dpsgd") and spec.alphas == (1.0,)
+    assert "allreduce is the simulator's reference" in capsys.readouterr().err
+    result = run_compare(spec, log=None)
+    assert [r.config["algorithm"] for r in result.runs] == ["relaysgd", "dpsgd"]
+    assert all(r.task["name"] == "user_clients:client_fn" for r in result.runs)
+    assert all(r.final.epoch == 3 * 2 for r in result.runs)
+    with pytest.raises(ConfigError, match="--client runs"):
+        CompareSpec(client="user_clients:client_fn", algorithms=("d2",))
