@@ -7,6 +7,13 @@ on relayfl's simulator; ``fedavg`` runs through Flower's own FedAvg strategy on 
 simulation engine with relayfl's ready clients. Each algorithm uses its own default
 topology unless ``--topology`` says otherwise.
 
+With ``--client module:attr`` (a Flower ``client_fn`` or ``ClientApp``) the user's client
+and partitions run instead: ``relaysgd`` / ``dpsgd`` through
+:func:`relayfl.flower.simulate_clients`, ``fedavg`` through
+:func:`relayfl.flower.run_fedavg` (the global model evaluated by every client's own
+``evaluate``); ``allreduce``, the simulator's reference for a ``Task``, is left out (said
+once), and ``alpha`` does not apply (the client's own partitions).
+
 Outputs in ``--out``: ``results.json`` (the spec, the summary and every run in the core
 schema), ``summary.csv`` and ``runs.csv``, ``accuracy_vs_round.png`` (mean and
 worst-client accuracy per algorithm, one panel per alpha) and ``worst_vs_alpha.png``
@@ -60,6 +67,9 @@ __all__ = [
 #: What ``compare`` runs: the simulator's algorithms plus Flower's FedAvg.
 COMPARE_ALGORITHMS: tuple[str, ...] = (*ALGORITHMS, "fedavg")
 
+#: What ``compare --client`` runs on a Flower client.
+_CLIENT_ALGORITHMS = ("relaysgd", "relaysgd-grad", "dpsgd", "fedavg")
+
 #: Algorithms whose topology ``--topology`` does not change.
 _NO_TOPOLOGY = ("fedavg", "allreduce")
 
@@ -94,6 +104,12 @@ class CompareSpec:
     out : str
     quiet : bool
         No per-run lines (Flower's own log is always kept to warnings here).
+    client : str, optional
+        ``module:attribute`` of the user's Flower ``client_fn`` or ``ClientApp``.
+    initial : str, optional
+        The initial model file of ``client`` (``.pt`` state_dict or ``.npz``).
+    run_config : dict
+        The client's ``context.run_config`` entries.
     """
 
     dataset: str = "digits"
@@ -108,8 +124,13 @@ class CompareSpec:
     run: dict[str, Any] = field(default_factory=dict)
     out: str = "results/compare"
     quiet: bool = False
+    client: str | None = None
+    initial: str | None = None
+    run_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.client:
+            self._client_grid()
         unknown = [a for a in self.algorithms if a not in COMPARE_ALGORITHMS]
         if unknown or not self.algorithms:
             raise ConfigError(
@@ -125,6 +146,25 @@ class CompareSpec:
         if self.eval_every is not None and self.eval_every < 1:
             raise ConfigError(f"eval-every (rounds) must be >= 1, got {self.eval_every}")
         self.config("relaysgd", self.alphas[0], self.seeds[0])  # validate the run options
+
+    def _client_grid(self) -> None:
+        """A Flower client runs relaysgd, relaysgd-grad, dpsgd and fedavg, on its own
+        partitions (one alpha); allreduce is left out, saying so."""
+        if "allreduce" in self.algorithms:
+            kept = tuple(a for a in self.algorithms if a != "allreduce")
+            object.__setattr__(self, "algorithms", kept)
+            print(
+                "relayfl compare: allreduce is the simulator's reference for relayfl Tasks; "
+                "left out for a Flower --client",
+                file=sys.stderr,
+            )
+        bad = [a for a in self.algorithms if a not in _CLIENT_ALGORITHMS]
+        if bad:
+            raise ConfigError(
+                f"--client runs {', '.join(_CLIENT_ALGORITHMS)}, not {', '.join(bad)}; "
+                "drop them from --algorithms"
+            )
+        object.__setattr__(self, "alphas", self.alphas[:1])
 
     @property
     def eval_rounds(self) -> int:
@@ -291,6 +331,29 @@ def _fedavg(spec: CompareSpec, config: RunConfig, task: Any) -> RunResult:
     return run_fedavg(task_app(spec.dataset), config, task=task, quiet=True)
 
 
+def _client_run(spec: CompareSpec, algorithm: str, config: RunConfig) -> RunResult:
+    """One cell on the user's Flower client (relay in process, FedAvg on Flower)."""
+    from relayfl.flower import run_fedavg, simulate_clients
+    from relayfl.flower.fedavg import client_evaluator
+    from relayfl.flower.inputs import load_client, load_initial
+
+    client = load_client(str(spec.client))
+    initial = load_initial(spec.initial) if spec.initial else None
+    if algorithm != "fedavg":
+        return simulate_clients(
+            client, config, initial_arrays=initial, run_config=spec.run_config, return_models=False
+        )
+    evaluate = client_evaluator(client, config, initial_arrays=initial, run_config=spec.run_config)
+    return run_fedavg(
+        client,
+        config,
+        initial_arrays=initial,
+        evaluate_fn=evaluate,
+        run_config=spec.run_config,
+        quiet=True,
+    )
+
+
 def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print) -> CompareResult:
     """Run every (alpha, seed, algorithm) of ``spec``; see the module docstring.
 
@@ -309,7 +372,7 @@ def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print)
     started = time.perf_counter()
     say = (lambda _: None) if (log is None or spec.quiet) else log
     base = spec.config("relaysgd", spec.alphas[0], spec.seeds[0])
-    task = base.load_task()
+    task = None if spec.client else base.load_task()
     total = len(spec.alphas) * len(spec.seeds) * len(spec.algorithms)
     done: list[tuple[str, float, RunResult]] = []
     for alpha in spec.alphas:
@@ -317,7 +380,9 @@ def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print)
             for algorithm in spec.algorithms:
                 config = spec.config(algorithm, alpha, seed)
                 t = time.perf_counter()
-                if algorithm == "fedavg":
+                if spec.client:
+                    result = _client_run(spec, algorithm, config)
+                elif algorithm == "fedavg":
                     result = _fedavg(spec, config, task)
                 else:
                     result = simulate(task, config)
@@ -453,8 +518,8 @@ def print_table(result: CompareResult, file: Any = None) -> None:
 
     spec = result.spec
     table = Table(
-        title=f"relayfl compare: {spec.dataset}, {spec.clients} clients, {spec.rounds} rounds "
-        f"x {spec.local_steps} local steps, seeds {list(spec.seeds)}"
+        title=f"relayfl compare: {spec.client or spec.dataset}, {spec.clients} clients, "
+        f"{spec.rounds} rounds x {spec.local_steps} local steps, seeds {list(spec.seeds)}"
     )
     for col in ("algorithm", "topology", "alpha", "mean acc", "worst acc", "MB/client", "wall s"):
         table.add_column(col, justify="left" if col in ("algorithm", "topology") else "right")
@@ -500,6 +565,23 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", dest="data_root", default=None)
     p.add_argument("--out", default=None, help="output folder (default results/compare)")
     p.add_argument("--quiet", action="store_true", default=None)
+    p.add_argument(
+        "--client",
+        default=None,
+        help="module:attribute of your Flower client_fn or ClientApp: relaysgd, dpsgd and "
+        "fedavg on it and its partitions (allreduce left out)",
+    )
+    p.add_argument(
+        "--initial",
+        default=None,
+        help="initial model of --client (.pt state_dict or .npz; needed for a Message-API app)",
+    )
+    p.add_argument(
+        "--run-config",
+        dest="run_config",
+        default=None,
+        help='context.run_config of --client, as flwr run: "local-epochs=2 k=v"',
+    )
     p.set_defaults(handler=run_compare_cli)
 
 
@@ -523,7 +605,13 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
         "eval_every": args.eval_every,
         "out": args.out,
         "quiet": args.quiet,
+        "client": args.client,
+        "initial": args.initial,
     }
+    if args.run_config:
+        from relayfl.flower.inputs import parse_run_config
+
+        values["run_config"] = parse_run_config(args.run_config)
     run = {
         k: v
         for k, v in {

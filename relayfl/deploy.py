@@ -60,8 +60,21 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--client",
         default=None,
-        help="module:attribute of a Flower NumPyClient, a client_fn, or a "
-        "relayfl.Task (default: the built-in --dataset)",
+        help="module:attribute of a Flower client_fn, NumPyClient or ClientApp "
+        "(Message API too), or a relayfl.Task (default: the built-in --dataset)",
+    )
+    g.add_argument(
+        "--initial",
+        default=None,
+        help="initial model of a Flower --client: a torch.save'd state_dict (.pt) or an "
+        ".npz of the arrays in order (default: the client's get_parameters; needed for "
+        "a Message-API ClientApp)",
+    )
+    g.add_argument(
+        "--run-config",
+        dest="run_config",
+        default=None,
+        help='context.run_config of a Flower --client, as flwr run: "local-epochs=2 k=v"',
     )
     g.add_argument(
         "--threads", type=int, default=None, help="torch threads per node (launch default: 1)"
@@ -262,6 +275,8 @@ def launch_main(args: argparse.Namespace) -> int:
         startup_timeout=args.startup_timeout,
         checkpoint_every=args.checkpoint_every,
         client=args.client,
+        initial=args.initial,
+        run_config=args.run_config,
         threads=args.threads or 1,
         kills=kills,
         resume_after=args.resume_after,

@@ -64,6 +64,10 @@ class LaunchOptions:
     checkpoint_every : int
     client : str, optional
         ``module:attribute`` every node trains (default: the built-in dataset).
+    initial : str, optional
+        The initial model file of a Flower ``client`` (``relayfl node --initial``).
+    run_config : str, optional
+        ``"k=v ..."``: the Flower client's ``context.run_config`` (``--run-config``).
     threads : int, default 1
         Torch threads per node.
     kills : list of (node, step)
@@ -85,6 +89,8 @@ class LaunchOptions:
     startup_timeout: float = 300.0
     checkpoint_every: int = 10
     client: str | None = None
+    initial: str | None = None
+    run_config: str | None = None
     threads: int = 1
     kills: list[tuple[int, int]] = field(default_factory=list)
     resume_after: float | None = None
@@ -303,6 +309,10 @@ class Launcher:
                 cmd.append("--mutual-tls")
         if o.client:
             cmd += ["--client", o.client]
+        if o.initial:
+            cmd += ["--initial", str(Path(o.initial).resolve())]
+        if o.run_config:
+            cmd += ["--run-config", o.run_config]
         if resume:
             cmd.append("--resume")
         return cmd
@@ -731,9 +741,9 @@ def merge_results(config: RunConfig, out: Path, n: int, graphs: Any) -> RunResul
                 round=max(int(e["round"]) for e in firsts),
                 epoch=firsts[0]["epoch"],
                 lr=firsts[0]["lr"],
-                mean_accuracy=sum(present) / len(present),
-                worst_accuracy=min(present),
-                best_accuracy=max(present),
+                mean_accuracy=sum(present) / len(present) if present else nan,
+                worst_accuracy=min(present, default=nan),
+                best_accuracy=max(present, default=nan),
                 mean_loss=sum(present_l) / max(len(present_l), 1),
                 worst_loss=max(present_l, default=nan),
                 train_loss=sum(train) / len(train) if train else nan,
@@ -791,6 +801,9 @@ def merge_results(config: RunConfig, out: Path, n: int, graphs: Any) -> RunResul
             "drops": {k: e.get("drops", {}) for k, e in extras.items()},
             "rejected": {k: e.get("rejected", {}) for k, e in extras.items()},
             "finished": sorted(extras),
+            "client_metrics": [
+                r for k in sorted(extras) for r in extras[k].get("client_metrics", [])
+            ],
         },
         models=models,
     )

@@ -20,10 +20,11 @@ lives in ``context.state``: in deployment each message may start a fresh process
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,26 +44,31 @@ from flwr.clientapp import ClientApp
 
 from relayfl import topology
 from relayfl.config import RunConfig
-from relayfl.errors import ConfigError
+from relayfl.errors import ConfigError, DivergenceError
 from relayfl.flower import protocol
 from relayfl.flower.peer import PeerMixer
 from relayfl.flower.records import (
     arrays_to_flat,
+    check_like,
+    client_metrics,
     flat_to_arrays,
     metric_record,
     ndarrays_to_record,
     record_to_ndarrays,
     record_to_tensors,
+    scalar,
     tensors_to_record,
 )
 from relayfl.results import RunResult
 
 __all__ = [
+    "ACCURACY_KEYS",
     "ClientFn",
     "MessageTrainer",
     "NumPyClientTrainer",
     "RelayClientApp",
     "Trainer",
+    "as_trainer",
     "node_step",
     "partition_of",
     "simulate_clients",
@@ -77,9 +83,19 @@ Handler = Callable[[Message, Context], Message]
 STATE_X0 = "relayfl.x0"
 STATE_PEER = "relayfl.peer"
 STATE_LOCAL = "relayfl.local"
+RUN_CONFIG, FIT_METRICS, EVALUATE_METRICS = (
+    protocol.RUN_CONFIG,
+    protocol.FIT_METRICS,
+    protocol.EVALUATE_METRICS,
+)
 
-_ACCURACY_KEYS = ("accuracy", "eval-accuracy", "eval_acc", "eval_accuracy", "acc")
-_LOSS_KEYS = ("loss", "eval-loss", "eval_loss")
+#: Metric names read as the test accuracy, in this order, on every path (Flower's
+#: quickstarts use ``accuracy`` and ``eval_acc``); ``RunConfig``-independent.
+ACCURACY_KEYS: tuple[str, ...] = ("accuracy", "eval-accuracy", "eval_acc", "eval_accuracy", "acc")
+#: Metric names read as the test loss (``evaluate``'s returned loss is ``loss``).
+LOSS_KEYS: tuple[str, ...] = ("loss", "eval-loss", "eval_loss")
+#: Metric names read as the training loss of ``fit``.
+TRAIN_LOSS_KEYS: tuple[str, ...] = ("train-loss", "train_loss", "loss")
 
 
 class Trainer(Protocol):
@@ -161,12 +177,9 @@ class NumPyClientTrainer:
             res = client.fit(FitIns(ndarrays_to_parameters(params), dict(config)))
             new = parameters_to_ndarrays(res.parameters)
             num_examples, metrics = res.num_examples, res.metrics
-        if len(new) != len(params):
-            raise ConfigError(
-                f"the client's fit returned {len(new)} arrays for a model of {len(params)}; "
-                "return the updated model, every array in the same order"
-            )
-        return ndarrays_to_record(new), {**(metrics or {}), "num-examples": int(num_examples)}
+        record = ndarrays_to_record([np.asarray(a) for a in new])
+        check_like(arrays, record, "the client's fit")
+        return record, {**(metrics or {}), "num-examples": int(num_examples)}
 
     def evaluate(
         self, arrays: ArrayRecord, config: Mapping[str, Any], context: Context
@@ -181,6 +194,14 @@ class NumPyClientTrainer:
             res = client.evaluate(EvaluateIns(ndarrays_to_parameters(params), dict(config)))
             loss, num_examples, metrics = res.loss, res.num_examples, res.metrics
         return {**(metrics or {}), "loss": float(loss), "num-examples": int(num_examples)}
+
+
+#: The one-line error for a client that cannot give the initial model.
+NO_INITIAL = (
+    "a Message-API ClientApp cannot be asked for its initial model; pass "
+    "initial_arrays=ArrayRecord(model.state_dict()) in Python, or --initial FILE on the "
+    "command line (a torch.save'd state_dict, or an .npz of the arrays in order)"
+)
 
 
 def _instruction(context: Context, message_type: str, content: RecordDict) -> Message:
@@ -211,17 +232,19 @@ class MessageTrainer:
     ----------
     train : callable ``(Message, Context) -> Message``
     evaluate : callable ``(Message, Context) -> Message``, optional
+    initial : ArrayRecord, optional
+        The initial model (a Message-API app cannot be asked for one).
     """
 
-    def __init__(self, train: Handler, evaluate: Handler | None = None) -> None:
-        self.train_fn, self.evaluate_fn = train, evaluate
+    def __init__(
+        self, train: Handler, evaluate: Handler | None = None, initial: ArrayRecord | None = None
+    ) -> None:
+        self.train_fn, self.evaluate_fn, self.initial = train, evaluate, initial
 
     def initial_arrays(self, config: Mapping[str, Any], context: Context) -> ArrayRecord:
-        raise ConfigError(
-            "a Message-API ClientApp has no get_parameters to take the initial model "
-            "from; pass initial_arrays=ArrayRecord(model.state_dict()) to "
-            "relay_server_app / run_relay_simulation / simulate_clients"
-        )
+        if self.initial is None:
+            raise ConfigError(NO_INITIAL)
+        return self.initial
 
     def _call(self, fn: Handler, kind: str, content: RecordDict, context: Context) -> RecordDict:
         reply = fn(_instruction(context, kind, content), context)
@@ -246,6 +269,7 @@ class MessageTrainer:
                 f"{len(metrics)} MetricRecords; reply with exactly one of each, the "
                 "MetricRecord holding 'num-examples' (as Flower's FedAvg requires)"
             )
+        check_like(arrays, records[0], "the train function")
         return records[0], dict(metrics[0])
 
     def evaluate(
@@ -261,6 +285,102 @@ class MessageTrainer:
         return metrics
 
 
+class LegacyAppTrainer:
+    """A ``ClientApp(client_fn=...)`` (Flower's legacy wrapping of a NumPyClient) as a
+    trainer: called with Flower's own legacy records (``fitins.*``), as a SuperNode
+    calls it.
+
+    Parameters
+    ----------
+    app : ClientApp
+        Built with ``client_fn``.
+    initial : ArrayRecord, optional
+        The initial model; default: the client's ``get_parameters``.
+    """
+
+    def __init__(self, app: ClientApp, initial: ArrayRecord | None = None) -> None:
+        self.app, self.initial = app, initial
+
+    def _ask(self, kind: str, content: RecordDict, context: Context) -> RecordDict:
+        reply = self.app(_instruction(context, kind, content), context)
+        if reply.has_error():
+            raise ConfigError(f"the ClientApp's {kind} failed: {reply.error.reason}")
+        return reply.content
+
+    def initial_arrays(self, config: Mapping[str, Any], context: Context) -> ArrayRecord:
+        if self.initial is not None:
+            return self.initial
+        from flwr.common import GetParametersIns, parameters_to_ndarrays
+        from flwr.compat.common import recorddict_compat as compat
+
+        content = compat.getparametersins_to_recorddict(GetParametersIns(config=dict(config)))
+        res = compat.recorddict_to_getparametersres(
+            self._ask("get_parameters", content, context), keep_input=True
+        )
+        arrays = parameters_to_ndarrays(res.parameters)
+        if not arrays:
+            raise ConfigError(
+                "the client's get_parameters returned no arrays, so there is no initial "
+                "model to share; implement get_parameters or pass initial_arrays"
+            )
+        return ndarrays_to_record(arrays)
+
+    def fit(
+        self, arrays: ArrayRecord, config: Mapping[str, Any], context: Context
+    ) -> tuple[ArrayRecord, dict[str, Any]]:
+        from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+        from flwr.compat.common import recorddict_compat as compat
+
+        ins = FitIns(ndarrays_to_parameters(record_to_ndarrays(arrays)), dict(config))
+        out = self._ask("train", compat.fitins_to_recorddict(ins, keep_input=True), context)
+        res = compat.recorddict_to_fitres(out, keep_input=True)
+        record = ndarrays_to_record(parameters_to_ndarrays(res.parameters))
+        check_like(arrays, record, "the client's fit")
+        return record, {**(res.metrics or {}), "num-examples": int(res.num_examples)}
+
+    def evaluate(
+        self, arrays: ArrayRecord, config: Mapping[str, Any], context: Context
+    ) -> dict[str, Any]:
+        from flwr.common import EvaluateIns, ndarrays_to_parameters
+        from flwr.compat.common import recorddict_compat as compat
+
+        ins = EvaluateIns(ndarrays_to_parameters(record_to_ndarrays(arrays)), dict(config))
+        out = self._ask("evaluate", compat.evaluateins_to_recorddict(ins, keep_input=True), context)
+        res = compat.recorddict_to_evaluateres(out)
+        return {**(res.metrics or {}), "loss": float(res.loss), "num-examples": res.num_examples}
+
+
+def app_trainer(app: ClientApp, initial: ArrayRecord | None = None) -> Trainer:
+    """The trainer of any Flower ``ClientApp``, called in this process.
+
+    A :class:`RelayClientApp` gives its own; a ``ClientApp(client_fn=...)`` is called
+    with Flower's legacy records (initial model: its ``get_parameters``); a Message-API
+    ``ClientApp`` with ``@app.train()`` (and ``@app.evaluate()``) is called with
+    ``train`` / ``evaluate`` messages (initial model: ``initial``).
+
+    Raises
+    ------
+    ConfigError
+        When the app has no ``client_fn`` and no ``@app.train()`` function.
+    """
+    if isinstance(app, RelayClientApp):
+        return app.trainer if initial is None else _WithInitial(app.trainer, initial)
+    if getattr(app, "_call", None) is not None:
+        return LegacyAppTrainer(app, initial)
+    funcs = getattr(app, "_registered_funcs", {})
+    if "train.default" not in funcs:
+        raise ConfigError(
+            "this ClientApp has neither a client_fn nor an @app.train() function; "
+            "register one with @app.train() (Flower's Message API)"
+        )
+    return MessageTrainer(app, app if "evaluate.default" in funcs else None, initial)
+
+
+def can_give_initial(trainer: Trainer) -> bool:
+    """False for a Message-API trainer without an initial model (checked up front)."""
+    return not (isinstance(trainer, MessageTrainer) and trainer.initial is None)
+
+
 def partition_of(context: Context) -> tuple[int, int]:
     """``(partition-id, num-partitions)`` from the node config (set by Flower's
     simulation, or ``flower-supernode --node-config``)."""
@@ -271,13 +391,6 @@ def partition_of(context: Context) -> tuple[int, int]:
             "--node-config 'partition-id=<i> num-partitions=<n>'"
         )
     return int(cfg["partition-id"]), int(cfg.get("num-partitions", -1))
-
-
-def _first(values: Mapping[str, Any], keys: tuple[str, ...]) -> float:
-    for k in keys:
-        if k in values:
-            return float(values[k])
-    return math.nan
 
 
 def node_step(
@@ -346,28 +459,30 @@ def node_step(
     if rnd == 1:
         metrics["x0-checksum"] = protocol.checksum(x0_record)
     client_config = {k: v for k, v in config.items() if k not in ("final", "return-model")}
+    out = RecordDict()
     if config.get("evaluate"):
         ev = trainer.evaluate(arrays, client_config, context)
-        metrics["eval-accuracy"] = _first(ev, _ACCURACY_KEYS)
-        metrics["eval-loss"] = _first(ev, _LOSS_KEYS)
+        metrics["eval-accuracy"] = scalar(ev, ACCURACY_KEYS)
+        metrics["eval-loss"] = scalar(ev, LOSS_KEYS)
+        out[EVALUATE_METRICS] = client_metrics(ev)
     if config.get("final"):
-        out = RecordDict({"metrics": metric_record(metrics)})
+        out["metrics"] = metric_record(metrics)
         if config.get("return-model"):
             out[protocol.FINAL] = arrays
         return out
     fit_config = {**client_config, "local-steps": rc.local_steps}
     new_arrays, fit_metrics = trainer.fit(arrays, fit_config, context)
-    x_half, new_layout = arrays_to_flat(new_arrays)
-    if new_layout.numel != layout.numel:
-        raise ConfigError(
-            f"fit returned a model of {new_layout.numel} values, the shared model has "
-            f"{layout.numel}; return the updated arrays of the same model"
+    x_half, _ = arrays_to_flat(new_arrays)
+    if not bool(torch.isfinite(x_half).all()):
+        raise DivergenceError(
+            f"node {pid} diverged in round {rnd}: its fit returned non-finite parameters; "
+            "lower the learning rate"
         )
+    out[FIT_METRICS] = client_metrics(fit_metrics)
     outbox = peer.send(x, x_half.to(x.dtype))
     state[STATE_PEER] = tensors_to_record(peer.state_dict())
     if layout.local:  # integer arrays are never relayed: keep this node's own
         state[STATE_LOCAL] = new_arrays
-    out = RecordDict()
     for (k, j), (m, c) in outbox.items():
         out[protocol.to_key(j, k)] = ArrayRecord(
             {
@@ -378,11 +493,14 @@ def node_step(
     metrics.update(
         {
             "num-examples": int(fit_metrics.get("num-examples", 0)),
-            "train-loss": _first(fit_metrics, ("train-loss", "train_loss", "loss")),
+            "train-loss": scalar(fit_metrics, TRAIN_LOSS_KEYS),
         }
     )
-    if "lr" in fit_metrics:
-        metrics["lr"] = float(fit_metrics["lr"])
+    lr = scalar(fit_metrics, ("lr",))
+    if math.isnan(lr):
+        lr = scalar(config, ("round-lr",))
+    if not math.isnan(lr):
+        metrics["lr"] = lr
     out["metrics"] = metric_record(metrics)
     return out
 
@@ -390,16 +508,25 @@ def node_step(
 class RelayClientApp(ClientApp):
     """A Flower ``ClientApp`` that runs as a relay worker (and still speaks FedAvg).
 
-    Build it around a ``client_fn`` (NumPyClient), or register Message-API functions
-    with its ``@app.train()`` / ``@app.evaluate()`` decorators, exactly as on Flower's
-    ``ClientApp``. Besides Flower's own ``train`` / ``evaluate`` messages it answers
-    ``query.relayfl_hello`` (reports the node's partition id) and
-    ``query.relayfl_round`` (one relay round, :func:`node_step`).
+    Build it around a ``client_fn`` (NumPyClient), around any ``ClientApp`` you have
+    (``app=``), or register Message-API functions with its ``@app.train()`` /
+    ``@app.evaluate()`` decorators, exactly as on Flower's ``ClientApp``. Besides
+    Flower's own ``train`` / ``evaluate`` messages it answers ``query.relayfl_hello``
+    (reports the node's partition id, and node 0's initial model) and
+    ``query.relayfl_round`` (one relay round, :func:`node_step`). relayfl's messages
+    carry the user's ``run_config`` (record ``relayfl.run-config``), which is merged
+    into ``context.run_config`` before the client is called.
 
     Parameters
     ----------
     client_fn : callable, optional
         ``client_fn(context) -> NumPyClient | Client``.
+    app : ClientApp, optional
+        A Flower ``ClientApp`` (``ClientApp(client_fn=...)`` or one with
+        ``@app.train()`` / ``@app.evaluate()``), called unchanged.
+    initial_arrays : ArrayRecord, optional
+        The model node 0 gives as the initial model (default: the client's
+        ``get_parameters``; a Message-API app has none, see :data:`NO_INITIAL`).
     mods : list, optional
         Flower mods, applied to every handler.
 
@@ -409,22 +536,37 @@ class RelayClientApp(ClientApp):
 
         app = RelayClientApp(client_fn=lambda context: MyClient().to_client())
 
+    From a Flower ``ClientApp`` you already have::
+
+        app = RelayClientApp(app=my_client_app, initial_arrays=ArrayRecord(Net().state_dict()))
+
     With the Message API::
 
         app = RelayClientApp()
 
         @app.train()
         def train(msg: Message, context: Context) -> Message:
-            ...  # msg.content["arrays"], msg.content["config"]["local-steps"]
+            ...  # msg.content["arrays"], msg.content["config"]["round-lr"]
             return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
     """
 
-    def __init__(self, client_fn: ClientFn | None = None, *, mods: list | None = None) -> None:
+    def __init__(
+        self,
+        client_fn: ClientFn | None = None,
+        *,
+        app: ClientApp | None = None,
+        initial_arrays: ArrayRecord | None = None,
+        mods: list | None = None,
+    ) -> None:
         super().__init__(mods=mods)
+        if client_fn is not None and app is not None:
+            raise ConfigError("pass either client_fn= or app= to RelayClientApp, not both")
         self._numpy = NumPyClientTrainer(client_fn) if client_fn is not None else None
+        self._app = app
+        self._initial = initial_arrays
         self._train_fn: Handler | None = None
         self._evaluate_fn: Handler | None = None
-        if self._numpy is not None:
+        if self._numpy is not None or app is not None:
             super().train()(self._flower_train)
             super().evaluate()(self._flower_evaluate)
         super().query("relayfl_hello")(self._hello)
@@ -435,9 +577,9 @@ class RelayClientApp(ClientApp):
         register = super().train(action, mods=mods)
 
         def decorator(fn: Handler) -> Handler:
-            if self._numpy is not None:
+            if self._numpy is not None or self._app is not None:
                 raise ConfigError(
-                    "this RelayClientApp wraps a client_fn; use either client_fn or "
+                    "this RelayClientApp wraps a client_fn or an app; use either that or "
                     "@app.train(), not both (as Flower's ClientApp)"
                 )
             if action == "default":
@@ -460,28 +602,45 @@ class RelayClientApp(ClientApp):
     def trainer(self) -> Trainer:
         """The client's training, as the relay calls it."""
         if self._numpy is not None:
-            return self._numpy
+            if self._initial is None:
+                return self._numpy
+            return _WithInitial(self._numpy, self._initial)
+        if self._app is not None:
+            return app_trainer(self._app, self._initial)
         if self._train_fn is None:
             raise ConfigError(
-                "RelayClientApp has no training: pass client_fn=... or register a "
-                "function with @app.train()"
+                "RelayClientApp has no training: pass client_fn=... or app=..., or "
+                "register a function with @app.train()"
             )
-        return MessageTrainer(self._train_fn, self._evaluate_fn)
+        return MessageTrainer(self._train_fn, self._evaluate_fn, self._initial)
 
     # -------------------------------------------------------------- Flower messages
     def _flower_train(self, msg: Message, context: Context) -> Message:
-        arrays = msg.content.array_records
-        record = arrays["arrays"] if "arrays" in arrays else next(iter(arrays.values()))
-        config = dict(msg.content["config"]) if "config" in msg.content else {}
-        new, metrics = self.trainer.fit(record, config, context)
+        with use_run_config(context, msg.content):
+            msg = self._strip(msg)
+            if self._app is not None and getattr(self._app, "_call", None) is None:
+                return self._app(msg, context)  # a Message-API app, unchanged
+            record, config = _arrays_and_config(msg)
+            new, metrics = self.trainer.fit(record, config, context)
         return Message(RecordDict({"arrays": new, "metrics": metric_record(metrics)}), reply_to=msg)
 
     def _flower_evaluate(self, msg: Message, context: Context) -> Message:
-        arrays = msg.content.array_records
-        record = arrays["arrays"] if "arrays" in arrays else next(iter(arrays.values()))
-        config = dict(msg.content["config"]) if "config" in msg.content else {}
-        metrics = self.trainer.evaluate(record, config, context)
+        with use_run_config(context, msg.content):
+            msg = self._strip(msg)
+            if self._app is not None and getattr(self._app, "_call", None) is None:
+                return self._app(msg, context)
+            record, config = _arrays_and_config(msg)
+            metrics = self.trainer.evaluate(record, config, context)
         return Message(RecordDict({"metrics": metric_record(metrics)}), reply_to=msg)
+
+    @staticmethod
+    def _strip(msg: Message) -> Message:
+        """The message without relayfl's run-config record (the user's functions see
+        Flower's own records only)."""
+        if RUN_CONFIG not in msg.content:
+            return msg
+        content = RecordDict({k: v for k, v in msg.content.items() if k != RUN_CONFIG})
+        return Message(content=content, metadata=msg.metadata)
 
     # -------------------------------------------------------------- relay messages
     def _hello(self, msg: Message, context: Context) -> Message:
@@ -489,27 +648,74 @@ class RelayClientApp(ClientApp):
         pid, num = partition_of(context)
         out = RecordDict({"config": ConfigRecord({"partition-id": pid, "num-partitions": num})})
         if config.get("send-initial") and pid == 0:
-            out[protocol.X0] = self.trainer.initial_arrays(config, context)
+            with use_run_config(context, msg.content):
+                out[protocol.X0] = self.trainer.initial_arrays(config, context)
         return Message(out, reply_to=msg)
 
     def _round(self, msg: Message, context: Context) -> Message:
         config = dict(msg.content["config"])
         records = dict(msg.content.array_records)
-        return Message(node_step(self.trainer, context, config, records), reply_to=msg)
+        with use_run_config(context, msg.content):
+            out = node_step(self.trainer, context, config, records)
+        return Message(out, reply_to=msg)
 
 
-def as_trainer(client: ClientFn | RelayClientApp | Trainer) -> Trainer:
-    """A trainer from a ``client_fn``, a :class:`RelayClientApp`, or a trainer."""
-    if isinstance(client, RelayClientApp):
-        return client.trainer
+def _arrays_and_config(msg: Message) -> tuple[ArrayRecord, dict[str, Any]]:
+    """The model and config of a Flower ``train`` / ``evaluate`` instruction."""
+    arrays = msg.content.array_records
+    record = arrays["arrays"] if "arrays" in arrays else next(iter(arrays.values()))
+    config = dict(msg.content["config"]) if "config" in msg.content else {}
+    return record, config
+
+
+class _WithInitial:
+    """A trainer with a given initial model instead of its own."""
+
+    def __init__(self, trainer: Trainer, initial: ArrayRecord) -> None:
+        self._trainer, self.initial = trainer, initial
+
+    def initial_arrays(self, config: Mapping[str, Any], context: Context) -> ArrayRecord:
+        return self.initial
+
+    def fit(
+        self, arrays: ArrayRecord, config: Mapping[str, Any], context: Context
+    ) -> tuple[ArrayRecord, dict[str, Any]]:
+        return self._trainer.fit(arrays, config, context)
+
+    def evaluate(
+        self, arrays: ArrayRecord, config: Mapping[str, Any], context: Context
+    ) -> dict[str, Any]:
+        return self._trainer.evaluate(arrays, config, context)
+
+
+@contextlib.contextmanager
+def use_run_config(context: Context, content: RecordDict) -> Iterator[None]:
+    """Within the block, ``context.run_config`` holds the user's run config carried by
+    a relayfl message (over Flower's own values, from ``flwr run``); restored after,
+    as Flower's SuperNode refuses a changed ``run_config``."""
+    if RUN_CONFIG not in content:
+        yield
+        return
+    saved = context.run_config
+    context.run_config = {**dict(saved), **dict(content[RUN_CONFIG])}
+    try:
+        yield
+    finally:
+        context.run_config = saved
+
+
+def as_trainer(
+    client: ClientFn | ClientApp | Trainer, initial_arrays: ArrayRecord | None = None
+) -> Trainer:
+    """A trainer from a ``client_fn``, any ``ClientApp`` (see :func:`app_trainer`), or a
+    trainer; ``initial_arrays`` replaces the client's own initial model."""
     if isinstance(client, ClientApp):
-        raise ConfigError(
-            "a plain flwr ClientApp cannot be called in process; pass its client_fn, "
-            "or build it as relayfl.flower.RelayClientApp"
-        )
+        return app_trainer(client, initial_arrays)
     if all(hasattr(client, a) for a in ("initial_arrays", "fit", "evaluate")):
-        return client  # type: ignore[return-value]
-    return NumPyClientTrainer(client)  # type: ignore[arg-type]
+        trainer: Trainer = client  # type: ignore[assignment]
+    else:
+        trainer = NumPyClientTrainer(client)  # type: ignore[arg-type]
+    return trainer if initial_arrays is None else _WithInitial(trainer, initial_arrays)
 
 
 def _count(records: Mapping[str, Any]) -> int:
@@ -517,41 +723,54 @@ def _count(records: Mapping[str, Any]) -> int:
 
 
 def simulate_clients(
-    client: ClientFn | RelayClientApp | Trainer,
+    client: ClientFn | ClientApp | Trainer,
     config: RunConfig | None = None,
     *,
     initial_arrays: ArrayRecord | str | None = None,
     fit_config: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None,
+    run_config: Mapping[str, Any] | None = None,
     return_models: bool = True,
 ) -> RunResult:
     """Run the relay over Flower clients in this process (no Flower runtime).
 
     Every worker runs :func:`node_step` with its own ``Context`` (partition id in
-    ``node_config``, state in ``context.state``), and the messages are routed exactly
-    as the forwarding ``ServerApp`` routes them, so this is the same computation as
-    :func:`relayfl.flower.run_relay_simulation` without Ray or a SuperLink.
+    ``node_config``, ``run_config``, state in ``context.state``), and the messages are
+    routed exactly as the forwarding ``ServerApp`` routes them, so this is the same
+    computation as :func:`relayfl.flower.run_relay_simulation` without Ray or a
+    SuperLink.
 
     Parameters
     ----------
-    client : client_fn, RelayClientApp or Trainer
-        ``client_fn(context) -> NumPyClient``: its ``fit`` and ``evaluate`` are called
-        directly.
+    client : client_fn, ClientApp or Trainer
+        ``client_fn(context) -> NumPyClient`` (its ``fit`` and ``evaluate`` are called
+        directly), a :class:`RelayClientApp`, or any Flower ``ClientApp`` (called with
+        Flower's messages, :func:`app_trainer`).
     config : RunConfig, optional
         Algorithm (``relaysgd``, ``relaysgd-grad``, ``dpsgd``), topology, clients,
         ``steps`` / ``local_steps`` (rounds = steps / local_steps), ``eval_every``.
     initial_arrays : ArrayRecord or {"node-0", "own"}, optional
         The shared initial model; default (``"node-0"``): worker 0's
         ``get_parameters``, sent to every worker; ``"own"``: each worker's own (they
-        must agree, e.g. a seeded model; checked).
+        must agree, e.g. a seeded model; checked). A Message-API ``ClientApp`` needs an
+        ``ArrayRecord`` here.
     fit_config : mapping or callable ``server_round -> mapping``, optional
         Extra entries of each ``fit`` config (Flower's ``on_fit_config_fn``).
+    run_config : mapping, optional
+        The clients' ``context.run_config`` (e.g. ``{"local-epochs": 1}``).
     return_models : bool (default: True)
         Keep every worker's final flat model in ``RunResult.models``.
 
     Returns
     -------
     RunResult
-        ``engine="client-adapter"``.
+        ``engine="client-adapter"``; ``extra["client_metrics"]``: every metric each
+        client reported, per round (:mod:`relayfl.flower.protocol`).
+
+    Raises
+    ------
+    ConfigError
+        Before any training, when the initial model cannot be had (see
+        :data:`NO_INITIAL`) or ``initial_arrays`` is not one of the above.
     """
     config = config or RunConfig()
     started = time.perf_counter()
@@ -563,22 +782,26 @@ def simulate_clients(
             node_id=p + 1,
             node_config={"partition-id": p, "num-partitions": n},
             state=RecordDict(),
-            run_config={},
+            run_config=protocol.client_run_config(config, run_config),
         )
         for p in range(n)
     ]
     x0: ArrayRecord | None
     if isinstance(initial_arrays, ArrayRecord):
         x0 = initial_arrays
-    elif initial_arrays in (None, "node-0"):
-        x0 = trainer.initial_arrays(config.to_flower(), contexts[0])
-    elif initial_arrays == "own":
-        x0 = None
+    elif initial_arrays in (None, "node-0", "own"):
+        if not can_give_initial(trainer):
+            raise ConfigError(NO_INITIAL)
+        x0 = (
+            None
+            if initial_arrays == "own"
+            else trainer.initial_arrays(config.to_flower(), contexts[0])
+        )
     else:
         raise ConfigError(
             f"initial_arrays must be an ArrayRecord, 'node-0' or 'own', got {initial_arrays!r}"
         )
-    recorder = protocol.RelayRecorder(config, started)
+    recorder = protocol.RelayRecorder(config, started, client=describe_client(client))
 
     def exchange(rnd: int, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
         replies = {}
@@ -597,6 +820,7 @@ def simulate_clients(
         fit_config=fit_config,
         return_models=return_models,
         recorder=recorder,
+        run_config=run_config,
     )
     return recorder.result(
         engine="client-adapter",
@@ -604,3 +828,12 @@ def simulate_clients(
         layout=layout,
         extra={"runtime": "in-process", "server": "none"},
     )
+
+
+def describe_client(client: Any) -> str:
+    """``module:name`` of the user's client (recorded as the task name in results)."""
+    inner = getattr(client, "_numpy", None)
+    fn = getattr(inner, "client_fn", None) or getattr(client, "client_fn", None) or client
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}:{name}"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from relayfl.config import RunConfig
+from relayfl.errors import ConfigError
 from relayfl.flower.runtime import OFFLINE_ENV, FlowerRunError, descendant_processes, process_alive
 from relayfl.results import RunResult
 
@@ -290,6 +291,8 @@ def run_relay_deployment(
     config: RunConfig,
     *,
     clients: str = "clients.digits:app",
+    initial: str | os.PathLike[str] | Any = "node-0",
+    run_config: Mapping[str, Any] | None = None,
     timeout: float = 600.0,
     app: str | os.PathLike[str] | None = None,
 ) -> RunResult:
@@ -303,7 +306,15 @@ def run_relay_deployment(
     ----------
     config : RunConfig
     clients : str
-        The ClientApp, ``"module:attribute"``, importable on the SuperNodes.
+        The client, ``"module:attribute"`` importable on the SuperNodes: a
+        ``RelayClientApp``, any Flower ``ClientApp``, or a ``client_fn``.
+    initial : {"node-0", "own"}, path or ArrayRecord
+        The initial model, with the meaning it has on every path: ``"node-0"`` (node
+        0's ``get_parameters``, the default), ``"own"`` (each node's own, checked), a
+        file (``.pt`` state_dict or ``.npz``) or an ``ArrayRecord`` (needed for a
+        Message-API ``ClientApp``).
+    run_config : mapping, optional
+        The clients' ``context.run_config`` entries.
     timeout : float
         Seconds for the whole ``flwr run``.
     app : path, optional
@@ -313,19 +324,28 @@ def run_relay_deployment(
     -------
     RunResult
         ``engine="flower-deployment"``; ``wall_s`` includes starting the processes.
+
+    Raises
+    ------
+    ConfigError
+        Before any process starts, for an ``initial`` of another kind or a missing file.
+    FlowerRunError
+        When the run fails (the end of the Flower log in the message).
     """
     from relayfl.flower import app_dir
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="relayfl-deploy-") as tmp:
         out = Path(tmp) / "results"
-        run_config = {
+        run_config_app: dict[str, Any] = {
             **{k: v for k, v in config.to_flower().items() if k in _APP_KEYS},
             "clients": clients,
             "out": str(out),
+            "client-run-config": json.dumps(dict(run_config)) if run_config else "",
         }
+        run_config_app.update(_initial_keys(initial, Path(tmp)))
         with LocalDeployment(config.num_clients, flwr_home=Path(tmp) / "home") as dep:
-            dep.run_app(app or app_dir(), run_config, timeout=timeout)
+            dep.run_app(app or app_dir(), run_config_app, timeout=timeout)
         if not (out / "results.json").exists():
             raise FlowerRunError(
                 f"the run completed but wrote no {out / 'results.json'}; see the ServerApp log"
@@ -335,6 +355,25 @@ def run_relay_deployment(
     result.extra["runtime"] = "flower-deployment"
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _initial_keys(initial: Any, tmp: Path) -> dict[str, str]:
+    """The app's ``initial`` / ``initial-file`` keys for ``initial`` (an ArrayRecord is
+    saved to ``tmp`` as a state_dict)."""
+    if isinstance(initial, str) and initial in ("node-0", "own"):
+        return {"initial": initial}
+    if isinstance(initial, str | os.PathLike):
+        path = Path(initial).resolve()
+        if not path.is_file():
+            raise ConfigError(f"initial file {path} does not exist")
+        return {"initial-file": str(path)}
+    if hasattr(initial, "to_torch_state_dict"):
+        import torch
+
+        path = tmp / "initial.pt"
+        torch.save(dict(initial.to_torch_state_dict()), path)
+        return {"initial-file": str(path)}
+    raise ConfigError(f"initial must be 'node-0', 'own', a file or an ArrayRecord, got {initial!r}")
 
 
 #: Keys relayfl's app declares in ``[tool.flwr.app.config]`` (only those can be set).

@@ -1,9 +1,9 @@
 """FedAvg through Flower's own strategy, on Flower's simulation engine, in relayfl's schema.
 
-The baseline Flower users actually run: ``flwr.serverapp.strategy.FedAvg`` with
-Message-API ``ClientApp``\\ s (such as :class:`relayfl.flower.RelayClientApp` and the
-ready clients in ``clients/``), or the legacy ``flwr.server.strategy.FedAvg`` for a
-legacy ``client_fn`` returning a ``NumPyClient`` (the new strategy rejects those). Every
+The baseline Flower users actually run: ``flwr.serverapp.strategy.FedAvg`` with any
+Flower client: a Message-API ``ClientApp`` as it is, a ``client_fn`` returning a
+``NumPyClient`` inside :class:`relayfl.flower.RelayClientApp` (which answers the
+Message API with the client's ``fit`` / ``evaluate``). Every
 client trains ``local_steps`` steps per round, as in a relay round, so the comparison
 uses the same clients, partitions and budget of local samples.
 
@@ -20,21 +20,48 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
-from relayfl.flower.client import ClientFn
-from relayfl.flower.protocol import eval_due, num_rounds
-from relayfl.flower.records import arrays_to_flat, config_record, ndarrays_to_record
-from relayfl.flower.runtime import CountingGrid, FlowerRunError, last_line, run_simulation
+from relayfl.flower.client import (
+    NO_INITIAL,
+    RUN_CONFIG,
+    TRAIN_LOSS_KEYS,
+    ClientFn,
+    RelayClientApp,
+    app_trainer,
+    can_give_initial,
+    describe_client,
+)
+from relayfl.flower.protocol import client_run_config, eval_due, num_rounds, round_lr
+from relayfl.flower.records import (
+    arrays_to_flat,
+    config_record,
+    json_metrics,
+    ndarrays_to_record,
+    scalar,
+)
+from relayfl.flower.runtime import (
+    CountingGrid,
+    FlowerRunError,
+    last_line,
+    reply_error,
+    run_simulation,
+)
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
 
-__all__ = ["fedavg_worker_config", "run_fedavg", "task_evaluator", "task_initial_arrays"]
+__all__ = [
+    "client_evaluator",
+    "fedavg_worker_config",
+    "run_fedavg",
+    "task_evaluator",
+    "task_initial_arrays",
+]
 
 #: Evaluation callback: ``(server_round, arrays) -> MetricRecord | None`` (Flower's).
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -73,14 +100,87 @@ def task_evaluator(task: Task, config: RunConfig) -> EvaluateFn:
     return evaluate
 
 
+def client_evaluator(
+    client: ClientApp | ClientFn,
+    config: RunConfig,
+    *,
+    initial_arrays: ArrayRecord | None = None,
+    run_config: Mapping[str, Any] | None = None,
+) -> EvaluateFn:
+    """An ``evaluate_fn`` for a user's client without a server-side test set: the global
+    model evaluated by every client's own ``evaluate`` (in this process, partition
+    ``p`` of ``num_clients``), as each relay worker evaluates its model; returns
+    ``accuracy`` (mean over clients), ``worst-accuracy``, ``loss`` and the per-client
+    ``accuracies`` / ``losses``."""
+    from relayfl.flower.client import ACCURACY_KEYS, LOSS_KEYS, as_trainer
+
+    trainer = as_trainer(client, initial_arrays)
+    n = config.num_clients
+    contexts = [
+        Context(
+            run_id=0,
+            node_id=p + 1,
+            node_config={"partition-id": p, "num-partitions": n},
+            state=RecordDict(),
+            run_config=client_run_config(config, run_config),
+        )
+        for p in range(n)
+    ]
+    settings = fedavg_worker_config(config).to_flower()
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        acc, loss = [], []
+        for p in range(n):
+            ev = trainer.evaluate(arrays, {**settings, "server-round": server_round}, contexts[p])
+            acc.append(scalar(ev, ACCURACY_KEYS))
+            loss.append(scalar(ev, LOSS_KEYS))
+        return MetricRecord(
+            {
+                "accuracy": float(np.mean(acc)),
+                "worst-accuracy": float(np.min(acc)),
+                "loss": float(np.mean(loss)),
+                "accuracies": [float(a) for a in acc],
+                "losses": [float(v) for v in loss],
+            }
+        )
+
+    return evaluate
+
+
 class _CheckedFedAvg(FedAvg):
     """Flower's FedAvg that fails loudly: any error reply or missing reply raises
     (Flower's own logs them and carries on, which ends in an empty result)."""
 
-    def __init__(self, num_nodes: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_nodes: int,
+        *,
+        worker_config: RunConfig | None = None,
+        run_config: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.num_nodes = num_nodes
+        self.worker_config = worker_config
+        self.run_config = dict(run_config or {})
         self.last_train_metrics: MetricRecord | None = None
+        self.last_lr = math.nan
+        self.sizes: list[int] = []
+        self.client_metrics: list[dict[str, Any]] = []
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's, plus ``round-lr`` in the config and the user's run config record."""
+        wcfg = self.worker_config
+        if wcfg is not None:
+            self.last_lr = round_lr(wcfg, self.sizes, (server_round - 1) * wcfg.local_steps)
+            config["round-lr"] = self.last_lr
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.run_config:
+            for msg in messages:
+                msg.content[RUN_CONFIG] = config_record(self.run_config)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -88,10 +188,7 @@ class _CheckedFedAvg(FedAvg):
         replies = list(replies)
         for msg in replies:
             if msg.has_error():
-                raise FlowerRunError(
-                    f"FedAvg round {server_round}: node {msg.metadata.src_node_id} replied "
-                    f"with error {msg.error.code}: {last_line(msg.error.reason)}"
-                )
+                raise reply_error(msg, f"FedAvg round {server_round}")
         if len(replies) < self.num_nodes:
             raise FlowerRunError(
                 f"FedAvg round {server_round}: {len(replies)} of {self.num_nodes} nodes "
@@ -99,6 +196,12 @@ class _CheckedFedAvg(FedAvg):
             )
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.last_train_metrics = metrics
+        self.sizes = []
+        for msg in replies:
+            fit = dict(next(iter(msg.content.metric_records.values()), {}))
+            self.sizes.append(int(fit.get("num-examples", 0)))
+            node = msg.metadata.src_node_id
+            self.client_metrics.append({"round": server_round, "node": node, "fit": fit})
         return arrays, metrics
 
 
@@ -140,6 +243,7 @@ def run_fedavg(
     initial_arrays: ArrayRecord | None = None,
     evaluate_fn: EvaluateFn | None = None,
     train_config: Mapping[str, Any] | None = None,
+    run_config: Mapping[str, Any] | None = None,
     client_resources: Mapping[str, float] | None = None,
     timeout: float = 600.0,
     quiet: bool = False,
@@ -149,9 +253,11 @@ def run_fedavg(
     Parameters
     ----------
     client : ClientApp or client_fn
-        A Message-API ``ClientApp`` (e.g. ``clients.digits.app``) runs with
-        ``flwr.serverapp.strategy.FedAvg``; a legacy ``client_fn(context) ->
-        NumPyClient`` runs with ``flwr.server.strategy.FedAvg``.
+        Any Flower client, run unchanged with ``flwr.serverapp.strategy.FedAvg``: a
+        Message-API ``ClientApp`` (e.g. ``clients.digits.app``) as it is; a
+        ``client_fn(context) -> NumPyClient`` or a ``ClientApp(client_fn=...)`` inside
+        :class:`RelayClientApp`, which answers Flower's Message-API ``train`` and
+        ``evaluate`` with the client's ``fit`` and ``evaluate``.
     config : RunConfig, optional
         ``num_clients`` SuperNodes, all sampled every round; ``steps / local_steps``
         rounds of ``local_steps`` local steps; evaluation every ``eval_every`` steps
@@ -160,12 +266,17 @@ def run_fedavg(
     task : Task, optional
         Gives the initial model and the server-side evaluation on its test set.
     initial_arrays : ArrayRecord, optional
-        Default: from ``task``; for a legacy ``client_fn`` without either, Flower asks
-        one client.
+        Default: from ``task``, else partition 0's client's ``get_parameters`` (asked
+        in this process, as relay runs do); a Message-API ``ClientApp`` needs it.
     evaluate_fn : callable ``(server_round, arrays) -> MetricRecord``, optional
         Server-side evaluation (``accuracy``, ``loss``); default: from ``task``.
     train_config : mapping, optional
-        Extra entries of every train config.
+        Extra entries of every train config. Every train config also holds
+        ``server-round``, ``local-steps`` and ``round-lr`` (relayfl's schedule at the
+        round's first step, no relay correction).
+    run_config : mapping, optional
+        The clients' ``context.run_config``
+        (:func:`relayfl.flower.protocol.client_run_config`).
     client_resources : mapping, optional
         Ray resources per ClientApp (default 1 CPU).
     timeout : float
@@ -178,10 +289,13 @@ def run_fedavg(
     RunResult
         ``config["algorithm"] == "fedavg"``, ``engine="flower-simulation"``;
         ``extra["round_times"]``: seconds from the call to the end of each round
-        (index 0: before round 1); ``wall_s`` includes Ray's start and stop.
+        (index 0: before round 1); ``extra["client_metrics"]``: each node's train
+        metrics per round; ``wall_s`` includes Ray's start and stop.
 
     Raises
     ------
+    ConfigError
+        Before Ray starts: no evaluation, or no initial model to be had.
     FlowerRunError
         When a client fails or does not answer, or the simulation crashes.
     """
@@ -200,19 +314,30 @@ def run_fedavg(
     if initial_arrays is None and task is not None:
         initial_arrays = task_initial_arrays(task, config)
     settings = {**wcfg.to_flower(), "local-steps": config.local_steps, **(train_config or {})}
-    legacy = not isinstance(client, ClientApp)
-    if not legacy and getattr(client, "_call", None) is not None:
-        raise ConfigError(
-            "this ClientApp was built from a client_fn (legacy NumPyClient), which Flower's "
-            "new FedAvg rejects; pass the client_fn itself to use the legacy FedAvg, or "
-            "wrap it as relayfl.flower.RelayClientApp(client_fn=...)"
+    if run_config and "local-epochs" in run_config:
+        settings["local-epochs"] = run_config["local-epochs"]
+    user_config = client_run_config(config, run_config)
+    # RelayClientApp passes the user's run config on, and answers the Message API for a
+    # NumPyClient (a ClientApp(client_fn=...) alone gets Flower's KeyError 'fitins')
+    client_app: ClientApp
+    if isinstance(client, RelayClientApp):
+        client_app = client
+    elif isinstance(client, ClientApp):
+        client_app = RelayClientApp(app=client)
+    else:
+        client_app = RelayClientApp(client_fn=client)
+    if initial_arrays is None:
+        trainer = app_trainer(client_app)
+        if not can_give_initial(trainer):
+            raise ConfigError(NO_INITIAL)
+        context = Context(
+            run_id=0,
+            node_id=1,
+            node_config={"partition-id": 0, "num-partitions": n},
+            state=RecordDict(),
+            run_config=user_config,
         )
-    if not legacy and initial_arrays is None:
-        raise ConfigError(
-            "FedAvg with a Message-API ClientApp needs the initial model: pass "
-            "initial_arrays=ArrayRecord(...) or a task"
-        )
-
+        initial_arrays = trainer.initial_arrays(settings, context)
     state: dict[str, Any] = {"grid": None, "strategy": None}
     evaluations: list[EvalRecord] = []
     round_times: list[float] = []
@@ -224,8 +349,10 @@ def run_fedavg(
         metrics = evaluate_fn(server_round, arrays)
         if metrics is None:
             return None
-        acc = float(metrics.get("accuracy", math.nan))
-        loss = float(metrics.get("loss", math.nan))
+        acc = scalar(metrics, ("accuracy",))
+        loss = scalar(metrics, ("loss",))
+        accs = list(metrics.get("accuracies", [acc] * n))  # per client, when evaluated so
+        losses = list(metrics.get("losses", [loss] * n))
         grid: CountingGrid = state["grid"]
         nodes = sorted(grid.get_node_ids())
         trained = getattr(state["strategy"], "last_train_metrics", None) or {}
@@ -235,16 +362,16 @@ def run_fedavg(
                 step=step,
                 round=server_round,
                 epoch=math.nan,
-                lr=float(trained.get("lr", 0.0 if server_round == 0 else math.nan)),
+                lr=0.0 if server_round == 0 else _round_lr(trained, state["strategy"]),
                 mean_accuracy=acc,
-                worst_accuracy=acc,
-                best_accuracy=acc,
+                worst_accuracy=float(np.min(accs)),
+                best_accuracy=float(np.max(accs)),
                 mean_loss=loss,
-                worst_loss=loss,
-                train_loss=float(trained.get("train-loss", math.nan)),
+                worst_loss=float(np.max(losses)),
+                train_loss=scalar(trained, TRAIN_LOSS_KEYS),
                 consensus_distance=0.0,
-                accuracies=[acc] * n,
-                losses=[loss] * n,
+                accuracies=[float(a) for a in accs],
+                losses=[float(v) for v in losses],
                 bytes_sent=[grid.sent.get(i, 0) for i in nodes],
                 bytes_received=[grid.received.get(i, 0) for i in nodes],
                 wall_s=time.perf_counter() - started,
@@ -253,62 +380,29 @@ def run_fedavg(
         return metrics
 
     app = ServerApp()
-    if legacy:
-        from flwr.server import ServerConfig
-        from flwr.server.compat import start_grid
 
-        @app.main()
-        def main(grid: Grid, context: Context) -> None:
-            cgrid = state["grid"] = CountingGrid(grid)
-            cgrid.wait_for_nodes(n, timeout=120.0)
-            from flwr.common import ndarrays_to_parameters
-
-            strategy = state["strategy"] = _legacy_strategy(
-                n,
-                fraction_fit=1.0,
-                fraction_evaluate=0.0,
-                min_fit_clients=n,
-                min_evaluate_clients=0,
-                min_available_clients=n,
-                accept_failures=False,
-                initial_parameters=None
-                if initial_arrays is None
-                else ndarrays_to_parameters(initial_arrays.to_numpy_ndarrays()),
-                on_fit_config_fn=lambda r: {**config_record(settings), "server-round": r},
-                fit_metrics_aggregation_fn=_weighted_metrics,
-                evaluate_fn=lambda r, nds, _cfg: _legacy_eval(record, r, nds),
-            )
-            start_grid(
-                grid=cgrid,
-                config=ServerConfig(num_rounds=rounds, round_timeout=timeout),
-                strategy=strategy,
-            )
-
-        client_app: ClientApp = ClientApp(client_fn=client)  # type: ignore[arg-type]
-    else:
-
-        @app.main()
-        def main(grid: Grid, context: Context) -> None:
-            cgrid = state["grid"] = CountingGrid(grid)
-            cgrid.wait_for_nodes(n, timeout=120.0)
-            strategy = state["strategy"] = _CheckedFedAvg(
-                n,
-                fraction_train=1.0,
-                fraction_evaluate=0.0,
-                min_train_nodes=n,
-                min_evaluate_nodes=0,
-                min_available_nodes=n,
-            )
-            strategy.start(
-                grid=cgrid,
-                initial_arrays=initial_arrays,  # type: ignore[arg-type]
-                num_rounds=rounds,
-                timeout=timeout,
-                train_config=ConfigRecord(dict(config_record(settings))),
-                evaluate_fn=record,
-            )
-
-        client_app = client  # type: ignore[assignment]
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cgrid = state["grid"] = CountingGrid(grid)
+        cgrid.wait_for_nodes(n, timeout=120.0)
+        strategy = state["strategy"] = _CheckedFedAvg(
+            n,
+            worker_config=wcfg,
+            run_config=user_config,
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=n,
+            min_evaluate_nodes=0,
+            min_available_nodes=n,
+        )
+        strategy.start(
+            grid=cgrid,
+            initial_arrays=initial_arrays,  # type: ignore[arg-type]
+            num_rounds=rounds,
+            timeout=timeout,
+            train_config=ConfigRecord(dict(config_record(settings))),
+            evaluate_fn=record,
+        )
 
     run_simulation(app, client_app, n, client_resources=client_resources, quiet=quiet)
     if len(round_times) < rounds + 1:
@@ -323,26 +417,24 @@ def run_fedavg(
         evaluations=evaluations,
         topology={"name": "star", "server": "Flower SuperLink (FedAvg aggregates there)"},
         versions=library_versions("flwr", "ray"),
-        task={
-            "name": task.name if task is not None else config.dataset,
-            **(task.info if task is not None else {}),
-        },
+        task={"name": task.name, **task.info}
+        if task is not None
+        else {"name": describe_client(client), "partition": "the client's own"},
         wall_s=time.perf_counter() - started,
         engine="flower-simulation",
         extra={
-            "strategy": "flwr.server.strategy.FedAvg (legacy)"
-            if legacy
-            else "flwr.serverapp.strategy.FedAvg",
+            "strategy": "flwr.serverapp.strategy.FedAvg",
             "round_times": round_times,
             "num_supernodes": n,
+            "client_metrics": [
+                {**row, "fit": json_metrics(row["fit"])}
+                for row in getattr(state["strategy"], "client_metrics", [])
+            ],
         },
     )
 
 
-def _legacy_eval(
-    record: Callable[[int, ArrayRecord], MetricRecord | None], server_round: int, nds: list
-) -> tuple[float, dict[str, float]] | None:
-    metrics = record(server_round, ndarrays_to_record([np.asarray(a) for a in nds]))
-    if metrics is None:
-        return None
-    return float(metrics.get("loss", math.nan)), {"accuracy": float(metrics.get("accuracy", 0.0))}
+def _round_lr(trained: Mapping[str, Any], strategy: Any) -> float:
+    """The lr the clients report, else the ``round-lr`` the round's config carried."""
+    lr = scalar(trained, ("lr",))
+    return getattr(strategy, "last_lr", math.nan) if math.isnan(lr) else lr

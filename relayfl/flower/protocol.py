@@ -29,22 +29,27 @@ from torch import Tensor
 from relayfl import topology
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
-from relayfl.flower.records import arrays_to_flat, config_record
+from relayfl.flower.records import arrays_to_flat, config_record, json_metrics
 from relayfl.relay import Layout
 from relayfl.results import EvalRecord, RunResult, library_versions
 
 __all__ = [
+    "EVALUATE_METRICS",
     "FINAL",
+    "FIT_METRICS",
     "HELLO",
     "ROUND",
+    "RUN_CONFIG",
     "X0",
     "RelayRecorder",
     "checksum",
+    "client_run_config",
     "eval_due",
     "from_key",
     "num_rounds",
     "parse_key",
     "relay_rounds",
+    "round_lr",
     "route",
     "to_key",
 ]
@@ -57,6 +62,11 @@ ROUND = "query.relayfl_round"
 X0 = "relayfl.x0"
 #: The final model a node returns when asked (``return-model``).
 FINAL = "arrays"
+#: The user's ``context.run_config``, carried in every relayfl message.
+RUN_CONFIG = "relayfl.run-config"
+#: The client's own fit / evaluate metrics in a node's reply (``ConfigRecord``).
+FIT_METRICS = "relayfl.fit-metrics"
+EVALUATE_METRICS = "relayfl.evaluate-metrics"
 
 
 def to_key(neighbour: int, graph: int) -> str:
@@ -136,6 +146,23 @@ def eval_due(rounds_done: int, config: RunConfig, total_rounds: int) -> bool:
     return (rounds_done * ls) // ev > ((rounds_done - 1) * ls) // ev
 
 
+def client_run_config(
+    config: RunConfig, run_config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``context.run_config`` relayfl gives the user's clients.
+
+    relayfl's own settings under a ``relayfl.`` prefix (``relayfl.num-clients``, ...),
+    ``num-server-rounds`` (relay rounds) and ``local-epochs`` (1), as a Flower app's
+    ``[tool.flwr.app.config]`` declares them for the quickstarts, then the user's
+    ``run_config``, which wins.
+    """
+    rounds = config.steps // config.local_steps if config.local_steps else config.steps
+    out: dict[str, Any] = {f"relayfl.{k}": v for k, v in config.to_flower().items()}
+    out.update({"num-server-rounds": rounds, "local-epochs": 1})
+    out.update(dict(run_config or {}))
+    return out
+
+
 def checksum(record: ArrayRecord) -> int:
     """CRC-32 of a record's array bytes (equal records, equal checksums)."""
     crc = 0
@@ -151,6 +178,23 @@ def _metric(values: Mapping[str, Any], *names: str) -> float:
     return math.nan
 
 
+def round_lr(config: RunConfig, sizes: Sequence[int], step: int) -> float:
+    """The learning rate relayfl's own workers use at ``step``
+    (:func:`relayfl.simulation.lr_schedule`: warm-up, decay and, for ``relaysgd``, the
+    relay correction ``1 + mean delay``; ALGORITHM.md 1.8).
+
+    The epoch is the clients' mean reported ``num-examples`` (``sizes``) over the batch
+    size; before any report (round 1, step 0) warm-up gives 0 whatever the size.
+    """
+    from relayfl.simulation import lr_schedule
+
+    correct = config.algorithm == "relaysgd" and config.lr_correction
+    graphs = config.build_graphs() if correct else ()
+    parts = [np.arange(k) for k in (sizes if any(sizes) else [config.batch_size])]
+    lr_at, _, _ = lr_schedule(config, parts, graphs)
+    return float(lr_at(step))
+
+
 class RelayRecorder:
     """Collects per-worker metrics round by round and builds the :class:`RunResult`.
 
@@ -159,17 +203,40 @@ class RelayRecorder:
     config : RunConfig
     started : float
         ``time.perf_counter()`` at the engine call (``wall_s`` counts from there).
+    client : str, optional
+        The user's client (``module:name``): the run's task name, and the partition
+        sizes are the ``num-examples`` the clients report.
     """
 
-    def __init__(self, config: RunConfig, started: float) -> None:
-        self.config, self.started = config, started
+    def __init__(self, config: RunConfig, started: float, client: str | None = None) -> None:
+        self.config, self.started, self.client = config, started, client
         n = config.num_clients
+        #: Every metric each client reported: ``{"round", "partition-id", "fit",
+        #: "evaluate"}`` per worker and round (bytes as base64).
+        self.client_metrics: list[dict[str, Any]] = []
+        #: The user's ``local-epochs`` per round, when set: epochs count from it.
+        self.local_epochs: float | None = None
         self.evaluations: list[EvalRecord] = []
         self.train_loss = math.nan
         self.lr = math.nan
         self.sent = [0] * n
         self.received = [0] * n
         self.num_examples = [0] * n
+
+    def round_lr(self, step: int) -> float:
+        """:func:`round_lr` at ``step`` with the sizes the clients reported so far."""
+        return round_lr(self.config, self.num_examples, step)
+
+    def client_reported(self, rnd: int, replies: Mapping[int, RecordDict]) -> None:
+        """Keep every metric the clients reported in round ``rnd`` (1-based; the
+        evaluation of a round's message is of the model after ``rnd - 1`` rounds)."""
+        for p in sorted(replies):
+            row: dict[str, Any] = {"round": rnd, "partition-id": p}
+            for key, name in ((FIT_METRICS, "fit"), (EVALUATE_METRICS, "evaluate")):
+                if key in replies[p]:
+                    row[name] = json_metrics(dict(replies[p][key]))
+            if len(row) > 2:
+                self.client_metrics.append(row)
 
     def trained(self, metrics: Sequence[Mapping[str, Any]]) -> None:
         """Record the training metrics of one round, per worker."""
@@ -202,7 +269,9 @@ class RelayRecorder:
         record = EvalRecord(
             step=step,
             round=rounds_done,
-            epoch=step / per_epoch if per_epoch else math.nan,
+            epoch=rounds_done * self.local_epochs
+            if self.local_epochs
+            else (step / per_epoch if per_epoch else math.nan),
             lr=self.lr if rounds_done else 0.0,
             mean_accuracy=float(np.mean(acc)),
             worst_accuracy=float(np.min(acc)),
@@ -233,6 +302,14 @@ class RelayRecorder:
         """The run in the core schema (``wall_s`` up to now)."""
         cfg = self.config
         graphs = cfg.build_graphs()
+        if task is None and self.client is not None:
+            task = {
+                "name": self.client,
+                "partition_sizes": list(self.num_examples),
+                "train_size": int(sum(self.num_examples)),
+                "partition": "the client's own (partition-id of num-partitions)",
+            }
+        extra = {**extra, "client_metrics": self.client_metrics}
         return RunResult(
             config=dict(config) if config is not None else cfg.to_dict(),
             evaluations=self.evaluations,
@@ -259,6 +336,7 @@ def relay_rounds(
     fit_config: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None,
     return_models: bool,
     recorder: RelayRecorder,
+    run_config: Mapping[str, Any] | None = None,
 ) -> tuple[Tensor | None, Layout | None]:
     """The relay's round loop, whatever carries the messages (Flower's grid or a loop).
 
@@ -268,6 +346,12 @@ def relay_rounds(
     the shared initial model ``x0``; with ``x0=None`` every worker starts from its own
     (``initial="own"``: the workers report a checksum, which must agree).
 
+    Each round's config holds ``RunConfig.to_flower()``, ``server-round``,
+    ``num-rounds``, ``local-steps`` and ``round-lr``: the learning rate relayfl's own
+    workers use at the round's first step (:meth:`RelayRecorder.round_lr`). A
+    ``run_config`` travels as the record ``relayfl.run-config`` (the nodes merge it
+    into ``context.run_config``).
+
     Returns
     -------
     models, layout : Tensor[n, d] and Layout, or None
@@ -276,6 +360,8 @@ def relay_rounds(
     n = config.num_clients
     total = num_rounds(config)
     base = config.to_flower()
+    if run_config and "local-epochs" in run_config:
+        recorder.local_epochs = float(run_config["local-epochs"])
     first = {X0: x0} if x0 is not None else {}
     incoming: dict[int, dict[str, ArrayRecord]] = {p: dict(first) for p in range(n)}
     models: Tensor | None = None
@@ -292,9 +378,14 @@ def relay_rounds(
             "evaluate": eval_due(rnd - 1, config, total),
             "return-model": bool(return_models and final),
             "initial": "shared" if x0 is not None else "own",
+            "round-lr": recorder.round_lr((rnd - 1) * config.local_steps),
         }
+        if run_config and "local-epochs" in run_config:
+            settings["local-epochs"] = run_config["local-epochs"]
+        user = {RUN_CONFIG: config_record(client_run_config(config, run_config))}
         contents = {
-            p: RecordDict({"config": config_record(settings), **incoming[p]}) for p in range(n)
+            p: RecordDict({"config": config_record(settings), **user, **incoming[p]})
+            for p in range(n)
         }
         log(INFO, "")
         log(
@@ -302,6 +393,7 @@ def relay_rounds(
         )
         replies = exchange(rnd, contents)
         metrics = [dict(replies[p]["metrics"]) for p in range(n)]
+        recorder.client_reported(rnd, replies)
         if rnd == 1 and x0 is None:
             sums = {int(m.get("x0-checksum", -1)) for m in metrics}
             if len(sums) != 1:

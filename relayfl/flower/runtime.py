@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -41,6 +42,7 @@ __all__ = [
     "last_line",
     "offline_env",
     "process_alive",
+    "reply_error",
     "run_simulation",
 ]
 
@@ -240,7 +242,7 @@ def run_simulation(
                 num_supernodes=num_supernodes,
                 backend_config=backend_config,  # type: ignore[arg-type]
             )
-        except FlowerRunError:
+        except RelayflError:  # a node's ConfigError / DivergenceError keeps its type
             raise
         except SystemExit as err:  # flwr_exit() on a fatal runtime error
             raise FlowerRunError(
@@ -256,6 +258,34 @@ def last_line(text: str) -> str:
     """The last non-empty line of a (traceback-like) message, at most 300 characters."""
     lines = [ln.strip() for ln in str(text).replace("\\n", "\n").splitlines() if ln.strip()]
     return (lines[-1] if lines else "")[:300]
+
+
+_REASON = re.compile(r"<class '([\w.]+)'>:<['\"](.*)['\"]>", re.DOTALL)
+
+
+def reply_error(msg: Message, what: str) -> Exception:
+    """The error a node's error reply stands for, keeping the exception's type and message.
+
+    Flower reports an exception in a ClientApp as ``<class 'mod.Type'>:<'message'>``; a
+    relayfl error (``ConfigError``, ``DivergenceError``, ...) is raised again as its own
+    type, anything else as :class:`FlowerRunError` naming the type. Both say which node.
+    """
+    from relayfl import errors
+
+    src = msg.metadata.src_node_id
+    reason = str(msg.error.reason)
+    match = _REASON.search(reason)
+    if match is None:
+        return FlowerRunError(
+            f"{what}: node {src} replied with error {msg.error.code}: {last_line(reason)}"
+            " (see the node's log)"
+        )
+    path, text = match.group(1), last_line(match.group(2))
+    module, _, name = path.rpartition(".")
+    kind = getattr(errors, name, None) if module == "relayfl.errors" else None
+    if isinstance(kind, type) and issubclass(kind, errors.RelayflError):
+        return kind(f"{what}, node {src}: {text}")
+    return FlowerRunError(f"{what}: node {src} raised {name}: {text}")
 
 
 def _array_bytes(content: RecordDict) -> int:
@@ -274,11 +304,7 @@ def check_replies(replies: Iterable[Message], expected: Iterable[int], what: str
     for msg in replies:
         src = msg.metadata.src_node_id
         if msg.has_error():
-            raise FlowerRunError(
-                f"{what}: node {src} replied with error {msg.error.code}: "
-                f"{last_line(msg.error.reason)}"
-                " (the ClientApp raised; see the node's log)"
-            )
+            raise reply_error(msg, what)
         by_node[src] = msg
     expected = list(expected)
     missing = [n for n in expected if n not in by_node]

@@ -10,8 +10,10 @@ round passes through the SuperLink, two hops; ``relayfl node`` is the serverless
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -19,12 +21,25 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from relayfl.config import RunConfig
+from relayfl.errors import ConfigError
 from relayfl.flower import protocol
+from relayfl.flower.client import NO_INITIAL, RelayClientApp, can_give_initial, describe_client
+from relayfl.flower.inputs import load_initial
 from relayfl.flower.peer import PEER_ALGORITHMS
+from relayfl.flower.records import config_record
 from relayfl.flower.runtime import CountingGrid, FlowerRunError, check_replies, run_simulation
 from relayfl.results import RunResult
 
-__all__ = ["relay_server_app", "run_relay", "run_relay_simulation"]
+__all__ = ["relay_app", "relay_server_app", "run_relay", "run_relay_simulation"]
+
+#: ``run_config`` keys that are relayfl's own settings (not passed on to the clients).
+_RELAYFL_KEYS = frozenset(f.name.replace("_", "-") for f in fields(RunConfig)) | {
+    "clients",
+    "out",
+    "initial",
+    "initial-file",
+    "client-run-config",
+}
 
 #: Seconds to wait for one round's replies (a deployed SuperNode starts a process per
 #: message, about 10 s on loopback).
@@ -37,12 +52,14 @@ def run_relay(
     *,
     initial_arrays: ArrayRecord | str | None = None,
     fit_config: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None,
+    run_config: Mapping[str, Any] | None = None,
     return_models: bool = True,
     timeout: float = DEFAULT_ROUND_TIMEOUT,
     node_timeout: float = 120.0,
     poll_interval: float = 0.05,
     runtime: str = "flower",
     started: float | None = None,
+    client_name: str | None = None,
 ) -> RunResult:
     """The forwarding server's main loop: hello, then one exchange per relay round.
 
@@ -66,6 +83,9 @@ def run_relay(
         report a checksum, which must agree), which saves the handshake.
     fit_config : mapping or callable ``server_round -> mapping``, optional
         Extra entries of each ``fit`` config.
+    run_config : mapping, optional
+        The clients' ``context.run_config`` (carried in every message, merged into the
+        nodes' own; :func:`relayfl.flower.protocol.client_run_config`).
     return_models : bool (default: True)
         The nodes send their final models (for ``RunResult.models``).
     timeout : float
@@ -78,6 +98,8 @@ def run_relay(
         Recorded as ``RunResult.engine`` (``flower-simulation``, ``flower-deployment``).
     started : float, optional
         ``time.perf_counter()`` the run's ``wall_s`` counts from (default: now).
+    client_name : str, optional
+        The user's client (``module:name``), recorded as the task name.
 
     Returns
     -------
@@ -128,9 +150,15 @@ def run_relay(
     if isinstance(initial_arrays, ArrayRecord) or initial_arrays == "own":
         x0 = initial_arrays if isinstance(initial_arrays, ArrayRecord) else None
     elif initial_arrays in (None, "node-0"):  # node 0's client gives it, in a handshake
+        user = config_record(protocol.client_run_config(config, run_config))
         hello = [
             Message(
-                RecordDict({"config": ConfigRecord({**config.to_flower(), "send-initial": True})}),
+                RecordDict(
+                    {
+                        "config": ConfigRecord({**config.to_flower(), "send-initial": True}),
+                        protocol.RUN_CONFIG: user,
+                    }
+                ),
                 dst_node_id=node,
                 message_type=protocol.HELLO,
                 group_id="0",
@@ -144,7 +172,7 @@ def run_relay(
         raise FlowerRunError(
             f"initial_arrays must be an ArrayRecord, 'node-0' or 'own', got {initial_arrays!r}"
         )
-    recorder = protocol.RelayRecorder(config, started)
+    recorder = protocol.RelayRecorder(config, started, client=client_name)
     forwarded = 0
 
     def exchange(rnd: int, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
@@ -183,6 +211,7 @@ def run_relay(
         fit_config=fit_config,
         return_models=return_models,
         recorder=recorder,
+        run_config=run_config,
     )
     return recorder.result(
         engine=runtime,
@@ -202,6 +231,7 @@ def relay_server_app(
     *,
     initial_arrays: ArrayRecord | str | None = None,
     fit_config: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None,
+    run_config: Mapping[str, Any] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
     out: str | None = None,
     **kwargs: Any,
@@ -215,6 +245,9 @@ def relay_server_app(
         ``[tool.flwr.app.config]`` / ``--run-config``).
     initial_arrays, fit_config
         See :func:`run_relay`; default: ``context.run_config["initial"]`` when set.
+    run_config : mapping, optional
+        The clients' ``context.run_config``; default: the ServerApp's own
+        ``context.run_config`` (``flwr run``) less relayfl's keys.
     on_result : callable, optional
         Called with the :class:`RunResult` at the end (``run_simulation`` returns None).
     out : str, optional
@@ -228,10 +261,19 @@ def relay_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else RunConfig.from_flower(context.run_config)
+        rc = context.run_config
         init = initial_arrays
+        if init is None and rc.get("initial-file"):  # flwr run: a Message-API app's model
+            init = load_initial(str(rc["initial-file"]))
         if init is None:  # flwr run: --run-config 'initial="own"' skips the handshake
-            init = str(context.run_config.get("initial", "")) or None
-        result = run_relay(grid, cfg, initial_arrays=init, fit_config=fit_config, **kwargs)
+            init = str(rc.get("initial", "")) or None
+        user = {k: v for k, v in rc.items() if k not in _RELAYFL_KEYS}
+        if rc.get("client-run-config"):
+            user.update(json.loads(str(rc["client-run-config"])))
+        user.update(run_config or {})
+        result = run_relay(
+            grid, cfg, initial_arrays=init, fit_config=fit_config, run_config=user, **kwargs
+        )
         target = out or context.run_config.get("out")
         if target:
             result.save(str(target))
@@ -241,12 +283,35 @@ def relay_server_app(
     return app
 
 
+def relay_app(client_app: ClientApp, initial_arrays: ArrayRecord | str | None) -> RelayClientApp:
+    """``client_app`` as a :class:`RelayClientApp` (any ``ClientApp`` is wrapped, not
+    changed), checked before any process starts.
+
+    Raises
+    ------
+    ConfigError
+        When the app has no training, or is a Message-API app and ``initial_arrays`` is
+        not an ``ArrayRecord`` (:data:`relayfl.flower.client.NO_INITIAL`).
+    """
+    if not isinstance(client_app, ClientApp):
+        raise ConfigError(
+            f"expected a Flower ClientApp, got {type(client_app).__name__}; wrap a "
+            "client_fn as RelayClientApp(client_fn=client_fn)"
+        )
+    app = client_app if isinstance(client_app, RelayClientApp) else RelayClientApp(app=client_app)
+    trainer = app.trainer  # raises when there is no training
+    if not isinstance(initial_arrays, ArrayRecord) and not can_give_initial(trainer):
+        raise ConfigError(NO_INITIAL)
+    return app
+
+
 def run_relay_simulation(
     client_app: ClientApp,
     config: RunConfig | None = None,
     *,
     initial_arrays: ArrayRecord | str | None = None,
     fit_config: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None,
+    run_config: Mapping[str, Any] | None = None,
     client_resources: Mapping[str, float] | None = None,
     quiet: bool = False,
     **kwargs: Any,
@@ -256,11 +321,13 @@ def run_relay_simulation(
 
     Parameters
     ----------
-    client_app : RelayClientApp
-        E.g. ``clients.digits.app``, or ``RelayClientApp(client_fn=...)``.
+    client_app : ClientApp
+        E.g. ``clients.digits.app``, ``RelayClientApp(client_fn=...)``, or any Flower
+        ``ClientApp`` (run unchanged inside ``RelayClientApp(app=client_app)``).
     config : RunConfig, optional
-    initial_arrays, fit_config
-        See :func:`run_relay`.
+    initial_arrays, fit_config, run_config
+        See :func:`run_relay`. A Message-API ``ClientApp`` cannot give the initial
+        model: pass ``initial_arrays=ArrayRecord(...)``.
     client_resources : mapping, optional
         Ray resources per ClientApp (default 1 CPU).
     quiet : bool (default: False)
@@ -273,22 +340,30 @@ def run_relay_simulation(
     RunResult
         ``engine="flower-simulation"``; ``wall_s`` counts from this call (Ray start
         included).
+
+    Raises
+    ------
+    ConfigError
+        Before Ray starts: the app has no training, or no initial model can be had.
+    FlowerRunError
+        A node failed (its error, as Flower reports it).
     """
     config = config or RunConfig()
     started = time.perf_counter()
+    app = relay_app(client_app, initial_arrays)
     holder: list[RunResult] = []
     server = relay_server_app(
         config,
         initial_arrays=initial_arrays,
         fit_config=fit_config,
+        run_config=run_config,
         on_result=holder.append,
         runtime="flower-simulation",
         started=started,
+        client_name=describe_client(client_app),
         **kwargs,
     )
-    run_simulation(
-        server, client_app, config.num_clients, client_resources=client_resources, quiet=quiet
-    )
+    run_simulation(server, app, config.num_clients, client_resources=client_resources, quiet=quiet)
     if not holder:
         raise FlowerRunError(
             "Flower's simulation finished without a result from the ServerApp; see the "

@@ -357,7 +357,7 @@ class Node(Liveness, StepProtocol):
             t_train = time.monotonic()
             x_half, loss = trainer.train(x, s0, k)
             t_comm = time.monotonic()
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) and getattr(trainer, "reports_loss", True):
                 raise ConfigError(
                     f"training diverged at step {s0} (loss {loss}); lower --lr or turn "
                     "off --lr-correction"
@@ -496,6 +496,7 @@ class Node(Liveness, StepProtocol):
                 ).tolist()
         if hasattr(self.trainer, "num_samples"):
             task_info["partition_size"] = int(self.trainer.num_samples)
+        task_info.update(getattr(self.trainer, "task_info", {}))  # a Flower client's own
         return RunResult(
             config=self.config.to_dict(),
             evaluations=list(self.evaluations),
@@ -518,6 +519,7 @@ class Node(Liveness, StepProtocol):
                 "dead": list(self._dead_log),
                 "revived": list(self._revived_log),
                 "resumed": self._resumed,
+                "client_metrics": getattr(self.trainer, "client_metrics", []),
                 "options": {
                     k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.options).items()
                 },

@@ -254,7 +254,13 @@ def node_main(args: argparse.Namespace) -> int:
     # ~4 s of CPU. Pay it now, before the rendezvous, not inside step 0's timeout.
     import torch._dynamo
 
-    trainer = load_trainer(args.client, config, me)
+    flower: dict[str, Any] = {}
+    if args.initial or args.run_config:  # a Flower client's initial model and run config
+        from relayfl.flower.inputs import load_initial, parse_run_config
+
+        flower["run_config"] = parse_run_config(args.run_config)
+        flower["initial"] = load_initial(args.initial) if args.initial else None
+    trainer = load_trainer(args.client, config, me, **flower)
     book: Any = _stdin_addresses if args.peers_from_stdin else addresses
     if book is None:
         raise ConfigError(

@@ -11,13 +11,14 @@ import inspect
 import math
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from relayfl.config import RunConfig
-from relayfl.errors import ConfigError
+from relayfl.errors import ConfigError, DivergenceError
 from relayfl.task import Task
 
 __all__ = ["FlowerTrainer", "Trainer", "load_trainer"]
@@ -52,15 +53,43 @@ class FlowerTrainer:
     """A Flower client as a :class:`Trainer`, through :mod:`relayfl.flower`'s adapter.
 
     Takes what :func:`relayfl.flower.client.as_trainer` takes: a ``client_fn(context)``
-    returning a ``NumPyClient`` (or ``Client``), a :class:`relayfl.flower.RelayClientApp`
-    such as ``clients.digits:app``, or a NumPyClient instance. The node keeps one Flower
-    ``Context`` (``partition-id`` = node id, ``run_config`` = the run's config) whose
-    ``state`` persists across rounds, as on a SuperNode. ``fit`` gets ``server-round``
-    (round + 1), ``local-steps`` and ``step``.
+    returning a ``NumPyClient`` (or ``Client``), any Flower ``ClientApp`` (a
+    :class:`relayfl.flower.RelayClientApp` such as ``clients.digits:app``, a
+    ``ClientApp(client_fn=...)``, or a Message-API ``ClientApp``), or a NumPyClient
+    instance. The node keeps one Flower ``Context`` (``partition-id`` = node id,
+    ``run_config`` = :func:`relayfl.flower.protocol.client_run_config`) whose ``state``
+    persists across rounds, as on a SuperNode. ``fit`` gets ``server-round`` (round +
+    1), ``local-steps``, ``step`` and ``round-lr`` (the learning rate relayfl's own
+    worker would use at ``step``, the epoch taken from this client's ``num-examples``).
+
+    Parameters
+    ----------
+    client : client_fn, ClientApp or NumPyClient
+    config : RunConfig
+    node : int
+    initial : ArrayRecord or path, optional
+        The initial model (``--initial FILE``: :func:`relayfl.flower.inputs.load_initial`);
+        default: the client's own (``get_parameters``).
+    run_config : mapping, optional
+        The user's ``context.run_config`` entries (``--run-config``).
+
+    Raises
+    ------
+    ConfigError
+        When no initial model can be had (a Message-API app without ``initial``).
     """
 
-    def __init__(self, client: Any, config: RunConfig, node: int) -> None:
-        from relayfl.flower.client import as_trainer
+    def __init__(
+        self,
+        client: Any,
+        config: RunConfig,
+        node: int,
+        *,
+        initial: Any = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        from relayfl.flower.client import NO_INITIAL, as_trainer, can_give_initial, describe_client
+        from relayfl.flower.inputs import load_initial
         from relayfl.flower.records import arrays_to_flat
 
         if callable(getattr(client, "fit", None)) and callable(
@@ -68,12 +97,29 @@ class FlowerTrainer:
         ):
             instance = client
             client = lambda context: instance  # noqa: E731 - a client_fn for one client
-        self._trainer = as_trainer(client)
-        self.context = _flower_context(node, config)
+        if isinstance(initial, str | os.PathLike):
+            initial = load_initial(initial)
+        self._trainer = as_trainer(client, initial)
+        if not can_give_initial(self._trainer):
+            raise ConfigError(NO_INITIAL)
+        self.config = config
+        self.user_config = dict(run_config or {})
+        self.context = _flower_context(node, config, self.user_config)
         self._base = dict(config.to_flower())
         self._like = self._trainer.initial_arrays(self._base, self.context)
         self.x0, self.layout = arrays_to_flat(self._like)
         self.num_samples = 0
+        #: False after a fit that reported no training loss (NaN is then no divergence).
+        self.reports_loss = True
+        self.node = node
+        self._rounds = 0
+        #: Every metric the client reported, per round (``results.json`` extra).
+        self.client_metrics: list[dict[str, Any]] = []
+        #: The user's task in ``results.json`` (name, data size from ``num-examples``).
+        self.task_info: dict[str, Any] = {
+            "name": describe_client(client),
+            "partition": "the client's own (partition-id of num-partitions)",
+        }
 
     def _arrays(self, x: Tensor) -> Any:
         from relayfl.flower.records import flat_to_arrays
@@ -82,30 +128,43 @@ class FlowerTrainer:
         return flat_to_arrays(x.detach().cpu().clone(), self.layout, self._like)
 
     def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
-        from relayfl.flower.records import arrays_to_flat
+        from relayfl.flower.client import TRAIN_LOSS_KEYS
+        from relayfl.flower.protocol import round_lr
+        from relayfl.flower.records import arrays_to_flat, client_metrics, json_metrics, scalar
 
         config = {
             **self._base,
             "server-round": step // num_steps + 1,
             "local-steps": num_steps,
             "step": step,
+            "round-lr": round_lr(self.config, [self.num_samples], step),
         }
+        if "local-epochs" in self.user_config:
+            config["local-epochs"] = self.user_config["local-epochs"]
         arrays, metrics = self._trainer.fit(self._arrays(x), config, self.context)
         self._like = arrays
         self.num_samples = int(metrics.get("num-examples", 0))
         flat, _ = arrays_to_flat(arrays)
-        loss = next(
-            (metrics[k] for k in ("train-loss", "train_loss", "loss") if k in metrics), math.nan
-        )
-        return flat.to(x.dtype), float(loss)
+        if not bool(torch.isfinite(flat).all()):
+            raise DivergenceError(
+                f"training diverged at step {step}: the client's fit returned non-finite "
+                f"parameters at lr {config['round-lr']:g}; lower --lr"
+            )
+        loss = scalar(metrics, TRAIN_LOSS_KEYS)
+        self.reports_loss = not math.isnan(loss)
+        self._rounds += 1
+        fit = json_metrics(client_metrics(metrics))
+        self.client_metrics.append({"round": self._rounds, "partition-id": self.node, "fit": fit})
+        return flat.to(x.dtype), loss
 
     def evaluate(self, x: Tensor) -> tuple[float, float]:
+        from relayfl.flower.client import ACCURACY_KEYS, LOSS_KEYS
+        from relayfl.flower.records import client_metrics, json_metrics, scalar
+
         ev = self._trainer.evaluate(self._arrays(x), self._base, self.context)
-        accuracy = next(
-            (ev[k] for k in ("accuracy", "eval-accuracy", "eval_accuracy", "acc") if k in ev),
-            math.nan,
-        )
-        return float(accuracy), float(ev.get("loss", math.nan))
+        row = {"round": self._rounds + 1, "partition-id": self.node}
+        self.client_metrics.append({**row, "evaluate": json_metrics(client_metrics(ev))})
+        return scalar(ev, ACCURACY_KEYS), scalar(ev, LOSS_KEYS)
 
     def state_dict(self) -> dict:
         return {"context_state": self.context.state}
@@ -137,20 +196,29 @@ def _import(spec: str) -> Any:
     return obj
 
 
-def _flower_context(node: int, config: RunConfig) -> Any:
+def _flower_context(node: int, config: RunConfig, run_config: Mapping[str, Any]) -> Any:
     """A Flower ``Context`` for node ``node`` (``partition-id`` = the node id)."""
     from flwr.app import Context, RecordDict
+
+    from relayfl.flower.protocol import client_run_config
 
     return Context(
         run_id=0,
         node_id=node,
         node_config={"partition-id": node, "num-partitions": config.num_clients},
         state=RecordDict(),
-        run_config=dict(config.to_flower()),
+        run_config=client_run_config(config, run_config),
     )
 
 
-def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trainer:
+def load_trainer(
+    client: str | Any | None,
+    config: RunConfig,
+    node: int,
+    *,
+    initial: Any = None,
+    run_config: Mapping[str, Any] | None = None,
+) -> Trainer:
     """The trainer a node runs: the one place that decides how a client is loaded.
 
     Parameters
@@ -166,6 +234,9 @@ def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trai
         so every node starts from the same initial model.
     config : RunConfig
     node : int
+    initial, run_config
+        For a Flower client: see :class:`FlowerTrainer` (``--initial``,
+        ``--run-config``).
 
     Returns
     -------
@@ -173,6 +244,11 @@ def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trai
     """
     from relayfl.worker import LocalWorker
 
+    if client is None and (initial is not None or run_config):
+        raise ConfigError(
+            "--initial and --run-config are for a Flower --client; the built-in dataset "
+            "starts from its own seeded model and reads the run options"
+        )
     if client is None:
         return LocalWorker(config.load_task(), config, node)
     obj = _import(client) if isinstance(client, str) else client
@@ -187,7 +263,7 @@ def load_trainer(client: str | Any | None, config: RunConfig, node: int) -> Trai
             if isinstance(made, Task):
                 return LocalWorker(made, config, node)
             obj = made
-        return FlowerTrainer(obj, config, node)
+        return FlowerTrainer(obj, config, node, initial=initial, run_config=run_config)
 
 
 def _is_flower_client(obj: Any) -> bool:

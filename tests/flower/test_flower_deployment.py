@@ -28,7 +28,8 @@ def test_relay_on_a_real_superlink_with_two_supernodes(tmp_path: Path) -> None:
     with LocalDeployment(2, flwr_home=tmp_path / "home") as dep:
         assert dep.port is not None and len(dep.processes) == 3  # SuperLink + 2 SuperNodes
         run_config = {k: v for k, v in config.to_flower().items() if k in _KEYS}
-        dep.run_app(app_dir(), {**run_config, "out": str(tmp_path / "out")}, timeout=240)
+        settings = {**run_config, "out": str(tmp_path / "out"), "initial": "own"}
+        dep.run_app(app_dir(), settings, timeout=240)
     assert dep.started_pids and not any(process_alive(p) for p in dep.started_pids)
     assert not set(flower_processes()) - before
 
