@@ -7,6 +7,7 @@ The only place an error becomes an exit code: a :class:`RelayflError` prints one
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
@@ -219,6 +220,7 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
 
     config = RunConfig.from_args(args)
     out = Path(args.out)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="relayfl: %(message)s")
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -9,8 +9,10 @@ mixing step communicates (ALGORITHM.md sections 1.5, 1.6, 3).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +25,7 @@ from relayfl.algorithms import Mixer, local_optimizer, make_mixer
 from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, make_engine
 from relayfl.errors import ConfigError, PartitionError
-from relayfl.optim import learning_rate
+from relayfl.optim import learning_rate, schedule_notes
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
 
@@ -151,12 +153,22 @@ def lr_schedule(
 
     Returns ``(lr_at, correction, steps_per_epoch)``: the epoch is a worker's mean
     partition size over the batch size; ``correction`` is ``1 + mean delay`` for
-    ``relaysgd`` with ``lr_correction`` (mean over trees), else 1.
+    ``relaysgd`` with ``lr_correction`` (mean over trees), else 1. Logs one line when
+    the default warm-up is capped to fit the run, and warns when an explicit
+    ``warmup_epochs`` covers the whole run (:func:`relayfl.optim.schedule_notes`).
     """
     correction = 1.0
     if config.lr_correction and config.algorithm == "relaysgd":
         correction = float(np.mean([topology.delay_correction(g) for g in graphs]))
     steps_per_epoch = float(np.mean([len(p) for p in parts])) / config.batch_size
+    if config.schedule and config.num_clients > 1:
+        info, warning = schedule_notes(
+            config.warmup_epochs, steps_per_epoch=steps_per_epoch, total_steps=config.steps
+        )
+        if info:
+            logging.getLogger("relayfl.schedule").info(info)
+        if warning:
+            warnings.warn(warning, UserWarning, stacklevel=2)
 
     def lr_at(step: int) -> float:
         return learning_rate(
