@@ -14,7 +14,7 @@ from pathlib import Path
 
 from relayfl.algorithms import ALGORITHMS
 from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
-from relayfl.errors import RelayflError
+from relayfl.errors import DivergenceError, RelayflError
 from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
 from relayfl.results import RunResult
@@ -240,7 +240,12 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
                 bar.update(job, acc=f"worst acc {acc:.3f}")
             bar.update(job, completed=step)
 
-        result = simulate(config=config, progress=progress)
+        try:
+            result = simulate(config=config, progress=progress)
+        except DivergenceError as err:  # keep the evaluations so far, status "diverged"
+            if err.result is not None:
+                err.result.save(out)
+            raise
     result.save(out)
     plots.learning_curves(
         result,

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from relayfl import partition, rng, topology
+from relayfl import divergence, partition, rng, topology
 from relayfl.algorithms import Mixer, local_optimizer, make_mixer
 from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, make_engine
-from relayfl.errors import ConfigError, PartitionError
+from relayfl.errors import ConfigError, DivergenceError, PartitionError
 from relayfl.optim import learning_rate, schedule_notes
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
@@ -310,6 +310,36 @@ def simulate(
         evaluations.append(record)
         return record
 
+    def result(status: str) -> RunResult:
+        """The run so far (every step done, or stopped by divergence)."""
+        return RunResult(
+            config=config.to_dict(),
+            status=status,
+            evaluations=evaluations,
+            topology={
+                "name": config.topology_name,
+                "graphs": [topology.describe(g) for g in graphs],
+                "lr_correction_factor": correction,
+            },
+            versions=library_versions(),
+            wall_s=time.perf_counter() - started,
+            engine=engine.name,
+            models=x.detach(),
+            layout=fm.layout,
+            task={
+                "name": task.name,
+                "parameters": fm.numel,
+                "train_samples": len(task.x_train),
+                "test_samples": len(x_test),
+                "partition_sizes": [len(p) for p in parts],
+                "partition_counts": partition.count_matrix(
+                    task.partition_labels, parts, task.num_classes
+                ).tolist(),
+                **task.info,
+            },
+        )
+
+    bound = divergence.limit(fm.x0)
     rounds = 0
     if config.eval_every:
         evaluate(0, 0)
@@ -318,50 +348,29 @@ def simulate(
         xb, yb = data.batch(step)
         masks = dropout_masks(fm, shapes, config.seed, range(n), step, device)  # [n, B, ...]
         g, losses = engine.grads(x, xb, yb, masks)  # [n, d], [n]
-        x = x + optimizer.update(x, g, lr)  # [n, d]: x^(t+1/2)
+        x = fm.freeze(x + optimizer.update(x, g, lr))  # [n, d]: x^(t+1/2)
         train_loss = float(losses.mean())
         if not math.isfinite(train_loss):
-            raise ConfigError(
-                f"training diverged at step {step} (loss {train_loss}) with "
-                f"lr {lr:g}; lower --lr or turn off --lr-correction"
-            )
+            worst = int(torch.nonzero(~torch.isfinite(losses))[0])
+            message = divergence.check_loss(train_loss, step=step, where=f"client {worst}", lr=lr)
+            raise DivergenceError(message or "", result("diverged"))
         if (step + 1) % config.local_steps == 0:
             keep = _drop_masks(mixer, n, config.drop_probability, config.seed, step)
-            x = mixer.mix(x_start, x, keep)  # [n, d]
+            x = fm.freeze(mixer.mix(x_start, x, keep))  # [n, d]
             optimizer.after_round(x_start, x)  # qgm: quasi-global momentum update
             x_start = x
             rounds += 1
             sent += per_round
         latest = None
         done = step + 1
-        if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
+        evaluating = (config.eval_every and done % config.eval_every == 0) or done == config.steps
+        if evaluating or done % divergence.CHECK_EVERY == 0:
+            message = divergence.check_params(x, bound, step=done, lr=lr)
+            if message:
+                raise DivergenceError(message, result("diverged"))
+        if evaluating:
             latest = evaluate(done, rounds)
         if progress is not None:
             progress(done, config.steps, latest)
 
-    summary = [topology.describe(g) for g in graphs]
-    return RunResult(
-        config=config.to_dict(),
-        evaluations=evaluations,
-        topology={
-            "name": config.topology_name,
-            "graphs": summary,
-            "lr_correction_factor": correction,
-        },
-        versions=library_versions(),
-        wall_s=time.perf_counter() - started,
-        engine=engine.name,
-        models=x.detach(),
-        layout=fm.layout,
-        task={
-            "name": task.name,
-            "parameters": fm.numel,
-            "train_samples": len(task.x_train),
-            "test_samples": len(x_test),
-            "partition_sizes": [len(p) for p in parts],
-            "partition_counts": partition.count_matrix(
-                task.partition_labels, parts, task.num_classes
-            ).tolist(),
-            **task.info,
-        },
-    )
+    return result("completed")

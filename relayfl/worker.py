@@ -102,7 +102,7 @@ class LocalWorker:
         x_half, loss : Tensor[d], float
             The model after the local steps and the mean training loss.
         """
-        row = x.to(self.device).unsqueeze(0)  # [1, d]
+        row = self.fm.freeze(x.to(self.device).unsqueeze(0))  # [1, d]
         losses = []
         for s in range(step, step + num_steps):
             xb, yb = self.data.client_batch(self.client, s)
@@ -110,7 +110,7 @@ class LocalWorker:
                 self.fm, self._shapes, self.config.seed, [self.client], s, self.device
             )
             g, loss = self.engine.grads(row, xb.unsqueeze(0), yb.unsqueeze(0), masks)  # [1, d]
-            row = row + self.optimizer.update(row, g, self.lr_at(s))
+            row = self.fm.freeze(row + self.optimizer.update(row, g, self.lr_at(s)))
             losses.append(float(loss[0]))
         return row[0], float(np.mean(losses))
 
