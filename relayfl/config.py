@@ -150,6 +150,11 @@ class RunConfig:
         for name in ("steps", "local_steps", "batch_size"):
             if getattr(self, name) < 1:
                 bad(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            bad(
+                f"eval-limit must be >= 1 (the first K test samples), got {self.eval_limit}; "
+                "omit it to evaluate on the whole test set"
+            )
         if self.eval_every < 0:
             bad(f"eval-every must be >= 0 (0: only at the end), got {self.eval_every}")
         if not (self.lr >= 0 and math.isfinite(self.lr)):

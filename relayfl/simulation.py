@@ -32,6 +32,7 @@ from relayfl.task import Task
 __all__ = [
     "ClientData",
     "Progress",
+    "check_model",
     "dropout_masks",
     "lr_schedule",
     "make_partitions",
@@ -52,9 +53,32 @@ def make_partitions(task: Task, config: RunConfig) -> list[np.ndarray]:
         )
     if config.iid:
         return partition.iid(len(labels), config.num_clients, seed=config.seed)
-    return partition.dirichlet(
+    parts = partition.dirichlet(
         labels, config.num_clients, config.alpha, seed=config.seed, even_split=config.even_split
     )
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        raise PartitionError(
+            f"{len(empty)} of {config.num_clients} clients get no training samples "
+            f"(clients {shown}) with alpha {config.alpha} and --no-even-split; use fewer "
+            "--clients, a larger --alpha, or drop --no-even-split"
+        )
+    return parts
+
+
+def check_model(task: Task, fm: FunctionalModel, sample_inputs: Tensor) -> None:
+    """Raise before training if the model cannot score ``task``'s classes.
+
+    One forward pass in eval mode on two samples ``sample_inputs`` [B, ...]; see
+    :meth:`Task.check_outputs`.
+    """
+    fm.model.eval()
+    try:
+        with torch.no_grad():
+            task.check_outputs(fm.logits(fm.x0, sample_inputs[:2]))
+    finally:
+        fm.model.train()
 
 
 @dataclass
@@ -254,6 +278,7 @@ def simulate(
     x_test = task.x_test[: config.eval_limit].to(device)
     y_test = task.y_test[: config.eval_limit].to(device)
     sample_inputs, _ = data.batch(0)
+    check_model(task, fm, sample_inputs[0])
     engine = make_engine(
         fm,
         config.engine,  # type: ignore[arg-type]

@@ -19,7 +19,13 @@ from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, LoopEngine
 from relayfl.errors import ConfigError
 from relayfl.optim import make_optimizer
-from relayfl.simulation import ClientData, dropout_masks, lr_schedule, make_partitions
+from relayfl.simulation import (
+    ClientData,
+    check_model,
+    dropout_masks,
+    lr_schedule,
+    make_partitions,
+)
 from relayfl.task import Task
 
 __all__ = ["LocalWorker"]
@@ -85,6 +91,7 @@ class LocalWorker:
             nesterov=config.nesterov,
         )
         sample, _ = self.data.client_batch(client, 0)
+        check_model(task, self.fm, sample)
         self._shapes = self.fm.dropout_shapes(sample)
 
     def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
