@@ -16,6 +16,7 @@ generator (:mod:`relayfl.rng`), so both engines give the same models.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from relayfl import randomness
 from relayfl.errors import ConfigError
 from relayfl.grouped import GroupedForward
 from relayfl.relay import pack
@@ -99,6 +101,9 @@ class FunctionalModel:
         self.buffers = {k: b.detach() for k, b in model.named_buffers()}
         self.loss_fn = loss_fn
         self._drop = {n: m for n, m in model.named_modules() if isinstance(m, _KeyedDropout)}
+        #: The random calls of ``forward`` (F.dropout, torch.rand, ...), recorded by
+        #: :meth:`dropout_shapes` and replayed from keyed draws (:mod:`relayfl.randomness`).
+        self.plan: list[randomness.Draw] = []
 
     def _swap_dropout(self, module: nn.Module, prefix: str) -> None:
         for name, child in module.named_children():
@@ -150,7 +155,11 @@ class FunctionalModel:
         for name, mod in self._drop.items():
             mod.mask = None if masks is None else masks[name]
         try:
-            return functional_call(self.model, (self.params(x), self.buffers), (inputs,))
+            if masks is None or not self.plan:
+                return functional_call(self.model, (self.params(x), self.buffers), (inputs,))
+            draws = [masks[f"random.{k}"] for k in range(len(self.plan))]
+            with randomness.replay(self.plan, draws):
+                return functional_call(self.model, (self.params(x), self.buffers), (inputs,))
         finally:
             for mod in self._drop.values():
                 mod.mask = None
@@ -161,18 +170,46 @@ class FunctionalModel:
         return self.loss_fn(self.logits(x, inputs, masks), targets)
 
     def dropout_shapes(self, inputs: Tensor) -> dict[str, tuple[int, ...]]:
-        """Input shape of each dropout layer for a batch ``inputs`` [B, ...]."""
-        if not self._drop:
-            return {}
+        """Input shape of each dropout layer and of each random call of ``forward``
+        (``"random.<k>"``) for a training batch ``inputs`` [B, ...].
+
+        One forward pass in train mode; it also records :attr:`plan`.
+
+        Raises
+        ------
+        ConfigError
+            If ``forward`` changes a buffer in place (state the relay does not carry),
+            or calls a random operation relayfl cannot key (naming the module).
+        """
         for mod in self._drop.values():
             mod.record = []
+        before = {k: b.clone() for k, b in self.buffers.items()}
+        self.model.train()
         try:
             with torch.no_grad():
-                self.logits(self.x0, inputs)
-            return {n: m.record[0] for n, m in self._drop.items()}
+                self.plan = randomness.record(
+                    self.model,
+                    lambda: functional_call(
+                        self.model, (self.params(self.x0), self.buffers), (inputs,)
+                    ),
+                )
+            shapes = {n: m.record[0] for n, m in self._drop.items()}
         finally:
             for mod in self._drop.values():
                 mod.record = None
+        changed = [k for k, b in self.buffers.items() if not torch.equal(b, before[k])]
+        for k in changed:
+            self.buffers[k].copy_(before[k])
+        if changed:
+            owner = changed[0].rpartition(".")[0] or type(self.model).__name__
+            raise ConfigError(
+                f"module {owner!r} changes its buffer {changed[0]!r} inside forward (state "
+                "such as running statistics, kept once for all clients and not relayed); "
+                "compute it without in-place state, make it an nn.Parameter, or use "
+                "nn.GroupNorm / nn.LayerNorm instead of running statistics"
+            )
+        shapes.update({f"random.{k}": d.shape for k, d in enumerate(self.plan)})
+        return shapes
 
     def dropout_masks(
         self, shapes: dict[str, tuple[int, ...]], gen: torch.Generator, device: torch.device | str
@@ -183,6 +220,8 @@ class FunctionalModel:
             p = self._drop[name].p
             keep = torch.rand(shapes[name], generator=gen, device=gen.device) >= p
             masks[name] = keep.to(device=device, dtype=self.x0.dtype) / (1.0 - p)
+        for k, d in enumerate(self.plan):  # then the random calls of forward, in order
+            masks[f"random.{k}"] = randomness.draw(d, gen, device, self.x0.dtype)
         return masks
 
 
@@ -371,36 +410,95 @@ def make_engine(
 
     ``"batched"``: the grouped layout, or ``vmap`` for models it does not cover;
     ``"vmap"``: ``torch.func.vmap`` over workers; ``"loop"``: one worker after another;
-    ``"auto"``: the first of grouped, vmap and loop that runs a trial step on the model.
+    ``"auto"``: the first of grouped, vmap and loop that runs a trial step on the model
+    (one log line when vmap cannot and the loop is used).
+
+    Raises
+    ------
+    ConfigError
+        When a forced ``vmap`` (or ``batched`` falling back to it) cannot run the model,
+        e.g. data-dependent Python control flow in ``forward``, naming the module and
+        the fix; and the errors of :meth:`FunctionalModel.dropout_shapes`.
     """
     if name not in ("auto", "batched", "vmap", "loop"):
         raise ConfigError(f"unknown engine {name!r}; use auto, batched, vmap or loop")
+    shapes = fm.dropout_shapes(sample_inputs)  # records the plan; refuses what it must
     if name == "loop":
         return LoopEngine(fm, autocast=autocast)
-    candidates: list[Callable[[], Engine]] = []
+    candidates: list[tuple[str, Callable[[], Engine]]] = []
     if name in ("auto", "batched"):
-        candidates.append(lambda: BatchedEngine(fm, autocast=autocast, channels_last=channels_last))
-    candidates.append(lambda: VmapEngine(fm, autocast=autocast))
-    if name == "auto":
-        candidates.append(lambda: LoopEngine(fm, autocast=autocast))
-    for make in candidates:
+        candidates.append(
+            ("batched", lambda: BatchedEngine(fm, autocast=autocast, channels_last=channels_last))
+        )
+    candidates.append(("vmap", lambda: VmapEngine(fm, autocast=autocast)))
+    for label, make in candidates:
         try:
             engine = make()
-            if name == "auto" or make is not candidates[-1]:
-                _trial(engine, fm, sample_inputs)
+            _trial(engine, fm, sample_inputs, shapes)
             return engine
-        except Exception:
-            continue
+        except ConfigError:
+            raise
+        except Exception as err:
+            if label != "vmap":
+                continue
+            reason = _reason(err)
+            where = getattr(err, "relayfl_module", None) or type(fm.model).__name__
+            if name != "auto":
+                raise ConfigError(
+                    f"--engine {name}: torch.func.vmap cannot run module {where!r} ({reason}); "
+                    "use --engine loop (or auto, which picks an engine that can)"
+                ) from None
+            logging.getLogger("relayfl.engine").info(
+                "engine auto: vmap cannot run module %r (%s); using the loop engine",
+                where,
+                reason,
+            )
     return LoopEngine(fm, autocast=autocast)
 
 
-def _trial(engine: Engine, fm: FunctionalModel, sample_inputs: Tensor) -> None:
-    """One gradient and one evaluation on two copies of a sample batch."""
+def _reason(err: Exception) -> str:
+    """A short reason for an engine failure (first line, data-dependent flow named)."""
+    text = str(err).strip()
+    if "data-dependent control flow" in text:
+        return "data-dependent Python control flow or .item() on a tensor in forward"
+    return (text.splitlines()[0][:160] if text else "") or type(err).__name__
+
+
+def _trial(
+    engine: Engine, fm: FunctionalModel, sample_inputs: Tensor, shapes: dict[str, tuple]
+) -> None:
+    """One gradient and one evaluation on two copies of a sample batch.
+
+    An exception raised inside a module gets ``relayfl_module``: that module's name.
+    """
     x = fm.x0.unsqueeze(0).expand(2, -1).contiguous()
     xb = sample_inputs.unsqueeze(0).expand(2, *sample_inputs.shape)
-    with torch.no_grad():
-        engine._logits_all(x, sample_inputs)
     yb = torch.zeros(2, len(sample_inputs), dtype=torch.long, device=xb.device)
-    masks = fm.dropout_masks(fm.dropout_shapes(sample_inputs), torch.Generator(), x.device)
+    masks = fm.dropout_masks(shapes, torch.Generator(), x.device)
     stacked = {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in masks.items()} or None
-    engine.grads(x, xb, yb, stacked)
+    names = {m: n for n, m in fm.model.named_modules() if n}
+    stack: list[str] = []
+
+    def pre(mod: nn.Module, _: object) -> None:
+        if mod in names:
+            stack.append(names[mod])
+
+    def post(mod: nn.Module, _: object, __: object) -> None:
+        if mod in names and stack:
+            stack.pop()
+
+    hooks = [
+        nn.modules.module.register_module_forward_pre_hook(pre),
+        nn.modules.module.register_module_forward_hook(post),
+    ]
+    try:
+        engine.evaluate(x, sample_inputs, yb[0])
+        stack.clear()
+        engine.grads(x, xb, yb, stacked)
+    except Exception as err:
+        if stack:
+            err.relayfl_module = stack[-1]  # type: ignore[attr-defined]
+        raise
+    finally:
+        for h in hooks:
+            h.remove()
