@@ -8,7 +8,9 @@ noise, frozen layers), checked against plain PyTorch (``model.eval()``,
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relayfl import RunConfig, Task, simulate
+from relayfl.cli import main
 from relayfl.errors import ConfigError, DivergenceError, PartitionError
 from relayfl.relay import unpack
 from relayfl.simulation import make_partitions
@@ -250,3 +253,18 @@ def test_client_without_samples_is_a_partition_error() -> None:
     config = RunConfig(num_clients=200, alpha=0.01, even_split=False, topology="chain")
     with pytest.raises(PartitionError, match=r"clients get no training samples.*--no-even-split"):
         make_partitions(task, config)
+
+
+def test_cli_saves_a_diverged_run_and_exits_non_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """relayfl simulate --lr 100: one error line, exit 2, results.json status diverged."""
+    out = tmp_path / "run"
+    argv = ["simulate", "--clients", "4", "--steps", "30", "--lr", "100", "--eval-every", "2"]
+    code = main([*argv, "--eval-limit", "50", "--quiet", "--out", str(out)])
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "training diverged at step" in errors[0], errors
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "diverged"
+    assert saved["evaluations"][0]["step"] == 0
