@@ -1032,6 +1032,7 @@ class Node:
         if start == 0 and config.eval_every and not self.evaluations:
             self._evaluate(x, 0, 0, math.nan)
         hook = getattr(getattr(trainer, "optimizer", None), "after_round", None)
+        freeze = getattr(trainer, "freeze", None)
         r = start
         while r < total_rounds:
             if self._abort.is_set():
@@ -1061,7 +1062,7 @@ class Node:
                     raise
                 if hook is not None:
                     hook(x.unsqueeze(0), x_new.unsqueeze(0))
-                x = x_new
+                x = freeze(x_new) if freeze is not None else x_new  # requires_grad=False
             else:
                 x = x_half
                 with self._lock:

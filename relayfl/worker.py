@@ -121,6 +121,11 @@ class LocalWorker:
             losses.append(float(loss[0]))
         return row[0], float(np.mean(losses))
 
+    def freeze(self, x: Tensor) -> Tensor:
+        """``x`` [d] with its ``requires_grad=False`` entries reset to the initial model
+        (after mixing, whose averaging of equal values can round them by an ulp)."""
+        return self.fm.freeze(x.to(self.device))
+
     def evaluate(self, x: Tensor, *, limit: int | None = None) -> tuple[float, float]:
         """Accuracy and mean loss of model ``x`` [d] on the task's test set."""
         limit = limit if limit is not None else self.config.eval_limit

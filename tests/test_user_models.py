@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relayfl import RunConfig, Task, simulate
+from relayfl import RunConfig, Task, relay, simulate, topology
 from relayfl.cli import main
 from relayfl.errors import ConfigError, DivergenceError, PartitionError
 from relayfl.relay import unpack
 from relayfl.simulation import make_partitions
+from relayfl.worker import LocalWorker
 
 
 def _blobs(train: int = 240, test: int = 80) -> tuple[torch.Tensor, ...]:
@@ -268,3 +269,30 @@ def test_cli_saves_a_diverged_run_and_exits_non_zero(
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "diverged"
     assert saved["evaluations"][0]["step"] == 0
+
+
+def test_node_worker_draws_the_same_randomness_and_keeps_frozen_weights() -> None:
+    """LocalWorker (what a node runs) + RelayNode == simulate() for a user's model."""
+
+    def model_fn() -> nn.Module:
+        model = FunctionalDropout()
+        model.a.bias.requires_grad_(False)
+        return model
+
+    task = _task(model_fn)
+    config = _config(steps=3, momentum=0.9)
+    expected = simulate(task, config).models  # [n, d]
+    chain = topology.chain(3)
+    workers = [LocalWorker(task, config, i) for i in range(3)]
+    nodes = [relay.RelayNode(chain, i, initial=w.x0) for i, w in enumerate(workers)]
+    x = [w.x0.clone() for w in workers]
+    for step in range(config.steps):
+        half = [w.train(x[i], step)[0] for i, w in enumerate(workers)]
+        outbox = [node.send(half[i]) for i, node in enumerate(nodes)]
+        x = [  # as relayfl node: mix, then keep the frozen entries
+            workers[i].freeze(node.receive({j: outbox[j][i] for j in node.neighbors}))
+            for i, node in enumerate(nodes)
+        ]
+    torch.testing.assert_close(torch.stack(x), expected, rtol=0, atol=5e-5)
+    bias = unpack(torch.stack(x)[1], workers[1].layout)["a.bias"]
+    assert torch.equal(bias, task.init_model(0).a.bias)
