@@ -106,16 +106,20 @@ class FunctionalModel:
         self.plan: list[randomness.Draw] = []
 
     def _swap_dropout(self, module: nn.Module, prefix: str) -> None:
+        """Replace each ``nn.Dropout`` by a keyed one (the batched engine knows it); other
+        dropout modules call ``F.dropout1d/2d/3d`` (keyed by :mod:`relayfl.randomness`) or
+        ``F.alpha_dropout`` (refused there, naming the module)."""
         for name, child in module.named_children():
             full = f"{prefix}{name}"
-            if isinstance(child, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.AlphaDropout):
-                if type(child) is not nn.Dropout:
-                    raise ConfigError(
-                        f"module {full!r} is {type(child).__name__}; only "
-                        "nn.Dropout is supported, replace it"
-                    )
+            if type(child) is nn.Dropout:
                 setattr(module, name, _KeyedDropout(child.p))
                 self.dropout_names.append(full)
+            elif isinstance(child, nn.RNNBase) and child.dropout > 0:
+                raise ConfigError(
+                    f"module {full!r} is {type(child).__name__} with dropout={child.dropout}, "
+                    "drawn inside PyTorch's kernel where relayfl cannot key it per (seed, "
+                    "client, step); use dropout=0 and an nn.Dropout between stacked layers"
+                )
             else:
                 self._swap_dropout(child, full + ".")
 
