@@ -374,6 +374,10 @@ class BatchedEngine(Engine):
         channels_last: bool = False,
     ) -> None:
         super().__init__(fm, autocast=autocast)
+        # traced twice, so a branch on self.training follows model.train() / model.eval()
+        fm.model.eval()
+        self.forward_eval = GroupedForward(fm.model, channels_last=channels_last)
+        fm.model.train()
         self.forward = GroupedForward(fm.model, channels_last=channels_last)
         self._loss = vmap(fm.loss_fn)
 
@@ -398,7 +402,7 @@ class BatchedEngine(Engine):
 
     def _logits_all(self, x: Tensor, xb: Tensor) -> Tensor:
         with self._amp(x.device):
-            out = self.forward(self._params(x), xb.unsqueeze(0).expand(len(x), *xb.shape))
+            out = self.forward_eval(self._params(x), xb.unsqueeze(0).expand(len(x), *xb.shape))
         return out.float()
 
 

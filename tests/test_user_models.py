@@ -20,6 +20,7 @@ from torch import nn
 
 from relayfl import RunConfig, Task, relay, simulate, topology
 from relayfl.cli import main
+from relayfl.engine import FunctionalModel, make_engine
 from relayfl.errors import ConfigError, DivergenceError, PartitionError
 from relayfl.relay import unpack
 from relayfl.simulation import make_partitions
@@ -296,3 +297,28 @@ def test_node_worker_draws_the_same_randomness_and_keeps_frozen_weights() -> Non
     torch.testing.assert_close(torch.stack(x), expected, rtol=0, atol=5e-5)
     bias = unpack(torch.stack(x)[1], workers[1].layout)["a.bias"]
     assert torch.equal(bias, task.init_model(0).a.bias)
+
+
+def test_batched_engine_follows_self_training_like_the_loop() -> None:
+    """A branch on self.training: the grouped layout evaluates the eval branch."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x))
+            return self.b(h * 3.0 if self.training else h)
+
+    fm = FunctionalModel(Scaled(), F.cross_entropy)
+    x, _, xt, yt = _blobs()
+    batched = make_engine(fm, "batched", x[:16])
+    assert batched.name == "batched"
+    models = fm.x0.unsqueeze(0).repeat(2, 1)  # [2, d]
+    _, loss = batched.evaluate(models, xt, yt)
+    model = Scaled()
+    model.load_state_dict(unpack(fm.x0, fm.layout))
+    with torch.no_grad():
+        expected = F.cross_entropy(model.eval()(xt), yt)
+    torch.testing.assert_close(loss, expected.repeat(2), rtol=0, atol=1e-5)
