@@ -262,7 +262,7 @@ def test_cli_saves_a_diverged_run_and_exits_non_zero(
 ) -> None:
     """relayfl simulate --lr 100: one error line, exit 2, results.json status diverged."""
     out = tmp_path / "run"
-    argv = ["simulate", "--clients", "4", "--steps", "30", "--lr", "100", "--eval-every", "2"]
+    argv = ["simulate", "--clients", "4", "--steps", "20", "--lr", "100", "--eval-every", "5"]
     code = main([*argv, "--eval-limit", "50", "--quiet", "--out", str(out)])
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
