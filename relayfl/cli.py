@@ -124,7 +124,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="constant learning rate (no warm-up, no decay)",
     )
-    g.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None)
+    g.add_argument(
+        "--warmup-epochs",
+        dest="warmup_epochs",
+        type=float,
+        default=None,
+        help="linear warm-up (default: 5 epochs, capped at 2.5%% of the run)",
+    )
     g.add_argument(
         "--milestones",
         type=_fractions,
