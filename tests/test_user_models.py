@@ -83,6 +83,17 @@ class Attention(nn.Module):
         return self.head(a.mean(1))
 
 
+class FeatureDropout(nn.Module):
+    """nn.Dropout2d on 2 channels of 2x2 (drops whole channels, F.dropout2d inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop, self.head = nn.Dropout2d(0.5), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(x.view(len(x), 2, 2, 2)).flatten(1))
+
+
 def _eval_accuracies(task: Task, models: torch.Tensor, layout: object) -> list[float]:
     """Each worker's accuracy computed by hand in PyTorch, under model.eval()."""
     out = []
@@ -124,7 +135,9 @@ def test_frozen_parameters_keep_their_initial_value_bit_for_bit(algorithm: str) 
 
 
 @pytest.mark.parametrize(
-    "model_fn", [FunctionalDropout, Attention], ids=["functional-dropout", "attention"]
+    "model_fn",
+    [FunctionalDropout, Attention, FeatureDropout],
+    ids=["functional-dropout", "attention", "dropout2d"],
 )
 def test_randomness_in_forward_is_keyed_and_engines_agree(model_fn: type) -> None:
     """Same seed: bitwise-identical models per engine; loop == vmap to 5e-5.
