@@ -283,7 +283,14 @@ class Engine:
         self.fm.model.eval()  # as model.eval(): dropout off, self.training False
         correct = torch.zeros(n, device=x.device)
         total_loss = torch.zeros(n, device=x.device, dtype=torch.float64)
-        with torch.no_grad():
+        devices = [] if x.device.type != "cuda" else [x.device]
+        # random calls a model makes in eval mode draw from a fixed seed, so an evaluation
+        # is reproducible and leaves torch's global generator as it was
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(0)
+            if devices:
+                with torch.cuda.device(x.device):
+                    torch.cuda.manual_seed(0)
             for start in range(0, len(inputs), chunk):
                 xb, yb = inputs[start : start + chunk], targets[start : start + chunk]
                 logits = self._logits_all(x, xb)  # [n, b, classes]
