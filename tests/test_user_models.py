@@ -335,3 +335,20 @@ def test_batched_engine_follows_self_training_like_the_loop() -> None:
     with torch.no_grad():
         expected = F.cross_entropy(model.eval()(xt), yt)
     torch.testing.assert_close(loss, expected.repeat(2), rtol=0, atol=1e-5)
+
+
+def test_randomness_at_evaluation_is_reproducible() -> None:
+    """Noise in forward also at test time: same seed, same reported accuracies."""
+
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x + 3.0 * torch.randn(x.shape))
+
+    task = _task(Noisy)
+    first, second = (simulate(task, _config(steps=4)) for _ in range(2))
+    assert torch.equal(first.models, second.models)
+    assert first.final.accuracies == second.final.accuracies
