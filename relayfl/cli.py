@@ -7,6 +7,7 @@ The only place an error becomes an exit code: a :class:`RelayflError` prints one
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from relayfl.algorithms import ALGORITHMS
 from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
 from relayfl.console import summary_table
-from relayfl.errors import RelayflError, RunInterrupted
+from relayfl.errors import DivergenceError, RelayflError, RunInterrupted
 from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
 from relayfl.results import RunResult
@@ -124,7 +125,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="constant learning rate (no warm-up, no decay)",
     )
-    g.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None)
+    g.add_argument(
+        "--warmup-epochs",
+        dest="warmup_epochs",
+        type=float,
+        default=None,
+        help="linear warm-up (default: 5 epochs, capped at 2.5%% of the run)",
+    )
     g.add_argument(
         "--milestones",
         type=_fractions,
@@ -191,6 +198,7 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
 
     config = RunConfig.from_args(args)
     out = Path(args.out)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="relayfl: %(message)s")
     run = runs.LongRun.from_args(args, config)  # torchrun ranks, Ctrl-C, TensorBoard
     with (
         run,
@@ -214,7 +222,14 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
                 bar.update(job, acc=f"worst acc {acc:.3f}")
             bar.update(job, completed=step)
 
-        result = simulate(config=config, progress=run.progress(progress), **run.simulate_kwargs())
+        try:
+            result = simulate(
+                config=config, progress=run.progress(progress), **run.simulate_kwargs()
+            )
+        except DivergenceError as err:  # keep the evaluations so far, status "diverged"
+            if err.result is not None and run.leader:
+                err.result.save(out)
+            raise
     if not run.leader:  # rank 0 alone prints and writes the results
         return result
     result.save(out)

@@ -16,6 +16,7 @@ generator (:mod:`relayfl.rng`), so both engines give the same models.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from relayfl import randomness
 from relayfl.errors import ConfigError
 from relayfl.grouped import GroupedForward
 from relayfl.relay import pack
@@ -90,21 +92,34 @@ class FunctionalModel:
         x0, self.layout = pack(named)
         self.x0: Tensor = x0  # [d]
         self.sizes = [math.prod(s) for s in self.layout.shapes]
+        frozen = [not p.requires_grad for _, p in model.named_parameters()]
+        self.frozen: Tensor | None = (  # [d] bool: requires_grad=False entries, or None
+            torch.repeat_interleave(torch.tensor(frozen), torch.tensor(self.sizes))
+            if any(frozen)
+            else None
+        )
         self.buffers = {k: b.detach() for k, b in model.named_buffers()}
         self.loss_fn = loss_fn
         self._drop = {n: m for n, m in model.named_modules() if isinstance(m, _KeyedDropout)}
+        #: The random calls of ``forward`` (F.dropout, torch.rand, ...), recorded by
+        #: :meth:`dropout_shapes` and replayed from keyed draws (:mod:`relayfl.randomness`).
+        self.plan: list[randomness.Draw] = []
 
     def _swap_dropout(self, module: nn.Module, prefix: str) -> None:
+        """Replace each ``nn.Dropout`` by a keyed one (the batched engine knows it); other
+        dropout modules call ``F.dropout1d/2d/3d`` (keyed by :mod:`relayfl.randomness`) or
+        ``F.alpha_dropout`` (refused there, naming the module)."""
         for name, child in module.named_children():
             full = f"{prefix}{name}"
-            if isinstance(child, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.AlphaDropout):
-                if type(child) is not nn.Dropout:
-                    raise ConfigError(
-                        f"module {full!r} is {type(child).__name__}; only "
-                        "nn.Dropout is supported, replace it"
-                    )
+            if type(child) is nn.Dropout:
                 setattr(module, name, _KeyedDropout(child.p))
                 self.dropout_names.append(full)
+            elif isinstance(child, nn.RNNBase) and child.dropout > 0:
+                raise ConfigError(
+                    f"module {full!r} is {type(child).__name__} with dropout={child.dropout}, "
+                    "drawn inside PyTorch's kernel where relayfl cannot key it per (seed, "
+                    "client, step); use dropout=0 and an nn.Dropout between stacked layers"
+                )
             else:
                 self._swap_dropout(child, full + ".")
 
@@ -124,14 +139,31 @@ class FunctionalModel:
         self.model.to(device)
         self.buffers = {k: b.to(device) for k, b in self.buffers.items()}
         self.x0 = self.x0.to(device)
+        if self.frozen is not None:
+            self.frozen = self.frozen.to(device)
         return self
+
+    def freeze(self, x: Tensor) -> Tensor:
+        """``x`` [n, d] or [d] with its ``requires_grad=False`` entries reset to ``x0``.
+
+        Called after every optimizer step and every mixing step, so frozen parameters
+        are not stepped, not weight-decayed and not averaged: they keep their initial
+        value bit for bit on every worker, as ``torch.optim`` leaves them.
+        """
+        if self.frozen is None:
+            return x
+        return torch.where(self.frozen, self.x0, x)
 
     def logits(self, x: Tensor, inputs: Tensor, masks: dict[str, Tensor] | None = None) -> Tensor:
         """Forward pass of one worker's model ``x`` [d] on ``inputs`` [B, ...]."""
         for name, mod in self._drop.items():
             mod.mask = None if masks is None else masks[name]
         try:
-            return functional_call(self.model, (self.params(x), self.buffers), (inputs,))
+            if masks is None or not self.plan:
+                return functional_call(self.model, (self.params(x), self.buffers), (inputs,))
+            draws = [masks[f"random.{k}"] for k in range(len(self.plan))]
+            with randomness.replay(self.plan, draws):
+                return functional_call(self.model, (self.params(x), self.buffers), (inputs,))
         finally:
             for mod in self._drop.values():
                 mod.mask = None
@@ -142,18 +174,46 @@ class FunctionalModel:
         return self.loss_fn(self.logits(x, inputs, masks), targets)
 
     def dropout_shapes(self, inputs: Tensor) -> dict[str, tuple[int, ...]]:
-        """Input shape of each dropout layer for a batch ``inputs`` [B, ...]."""
-        if not self._drop:
-            return {}
+        """Input shape of each dropout layer and of each random call of ``forward``
+        (``"random.<k>"``) for a training batch ``inputs`` [B, ...].
+
+        One forward pass in train mode; it also records :attr:`plan`.
+
+        Raises
+        ------
+        ConfigError
+            If ``forward`` changes a buffer in place (state the relay does not carry),
+            or calls a random operation relayfl cannot key (naming the module).
+        """
         for mod in self._drop.values():
             mod.record = []
+        before = {k: b.clone() for k, b in self.buffers.items()}
+        self.model.train()
         try:
             with torch.no_grad():
-                self.logits(self.x0, inputs)
-            return {n: m.record[0] for n, m in self._drop.items()}
+                self.plan = randomness.record(
+                    self.model,
+                    lambda: functional_call(
+                        self.model, (self.params(self.x0), self.buffers), (inputs,)
+                    ),
+                )
+            shapes = {n: m.record[0] for n, m in self._drop.items()}
         finally:
             for mod in self._drop.values():
                 mod.record = None
+        changed = [k for k, b in self.buffers.items() if not torch.equal(b, before[k])]
+        for k in changed:
+            self.buffers[k].copy_(before[k])
+        if changed:
+            owner = changed[0].rpartition(".")[0] or type(self.model).__name__
+            raise ConfigError(
+                f"module {owner!r} changes its buffer {changed[0]!r} inside forward (state "
+                "such as running statistics, kept once for all clients and not relayed); "
+                "compute it without in-place state, make it an nn.Parameter, or use "
+                "nn.GroupNorm / nn.LayerNorm instead of running statistics"
+            )
+        shapes.update({f"random.{k}": d.shape for k, d in enumerate(self.plan)})
+        return shapes
 
     def dropout_masks(
         self, shapes: dict[str, tuple[int, ...]], gen: torch.Generator, device: torch.device | str
@@ -164,6 +224,8 @@ class FunctionalModel:
             p = self._drop[name].p
             keep = torch.rand(shapes[name], generator=gen, device=gen.device) >= p
             masks[name] = keep.to(device=device, dtype=self.x0.dtype) / (1.0 - p)
+        for k, d in enumerate(self.plan):  # then the random calls of forward, in order
+            masks[f"random.{k}"] = randomness.draw(d, gen, device, self.x0.dtype)
         return masks
 
 
@@ -218,15 +280,24 @@ class Engine:
         accuracy, loss : Tensor[n], Tensor[n]
         """
         n = x.shape[0]
+        self.fm.model.eval()  # as model.eval(): dropout off, self.training False
         correct = torch.zeros(n, device=x.device)
         total_loss = torch.zeros(n, device=x.device, dtype=torch.float64)
-        with torch.no_grad():
+        devices = [] if x.device.type != "cuda" else [x.device]
+        # random calls a model makes in eval mode draw from a fixed seed, so an evaluation
+        # is reproducible and leaves torch's global generator as it was
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(0)
+            if devices:
+                with torch.cuda.device(x.device):
+                    torch.cuda.manual_seed(0)
             for start in range(0, len(inputs), chunk):
                 xb, yb = inputs[start : start + chunk], targets[start : start + chunk]
                 logits = self._logits_all(x, xb)  # [n, b, classes]
                 correct += (logits.argmax(-1) == yb).sum(-1)
                 losses = torch.stack([self.fm.loss_fn(lg, yb) for lg in logits])  # [n]
                 total_loss += losses.double() * len(yb)
+        self.fm.model.train()
         return correct / len(inputs), (total_loss / len(inputs)).float()
 
     def _logits_all(self, x: Tensor, xb: Tensor) -> Tensor:
@@ -245,6 +316,7 @@ class LoopEngine(Engine):
     def grads(
         self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor]:
+        self.fm.model.train()  # as model.train(): self.training True in forward
         gs, losses = [], []
         for i in range(x.shape[0]):
             mi = None if masks is None else {k: v[i] for k, v in masks.items()}
@@ -273,6 +345,7 @@ class VmapEngine(Engine):
     def grads(
         self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor]:
+        self.fm.model.train()  # as model.train(): self.training True in forward
         with self._amp(x.device):
             if masks:
                 g, loss = self._g(x, inputs, targets, masks)
@@ -308,6 +381,10 @@ class BatchedEngine(Engine):
         channels_last: bool = False,
     ) -> None:
         super().__init__(fm, autocast=autocast)
+        # traced twice, so a branch on self.training follows model.train() / model.eval()
+        fm.model.eval()
+        self.forward_eval = GroupedForward(fm.model, channels_last=channels_last)
+        fm.model.train()
         self.forward = GroupedForward(fm.model, channels_last=channels_last)
         self._loss = vmap(fm.loss_fn)
 
@@ -322,6 +399,7 @@ class BatchedEngine(Engine):
     def grads(
         self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor]:
+        self.fm.model.train()  # as model.train(): self.training True in forward
         x = x.detach().requires_grad_(True)
         with torch.enable_grad(), self._amp(x.device):
             logits = self.forward(self._params(x), inputs, masks or None)  # [n, B, classes]
@@ -331,7 +409,7 @@ class BatchedEngine(Engine):
 
     def _logits_all(self, x: Tensor, xb: Tensor) -> Tensor:
         with self._amp(x.device):
-            out = self.forward(self._params(x), xb.unsqueeze(0).expand(len(x), *xb.shape))
+            out = self.forward_eval(self._params(x), xb.unsqueeze(0).expand(len(x), *xb.shape))
         return out.float()
 
 
@@ -347,36 +425,95 @@ def make_engine(
 
     ``"batched"``: the grouped layout, or ``vmap`` for models it does not cover;
     ``"vmap"``: ``torch.func.vmap`` over workers; ``"loop"``: one worker after another;
-    ``"auto"``: the first of grouped, vmap and loop that runs a trial step on the model.
+    ``"auto"``: the first of grouped, vmap and loop that runs a trial step on the model
+    (one log line when vmap cannot and the loop is used).
+
+    Raises
+    ------
+    ConfigError
+        When a forced ``vmap`` (or ``batched`` falling back to it) cannot run the model,
+        e.g. data-dependent Python control flow in ``forward``, naming the module and
+        the fix; and the errors of :meth:`FunctionalModel.dropout_shapes`.
     """
     if name not in ("auto", "batched", "vmap", "loop"):
         raise ConfigError(f"unknown engine {name!r}; use auto, batched, vmap or loop")
+    shapes = fm.dropout_shapes(sample_inputs)  # records the plan; refuses what it must
     if name == "loop":
         return LoopEngine(fm, autocast=autocast)
-    candidates: list[Callable[[], Engine]] = []
+    candidates: list[tuple[str, Callable[[], Engine]]] = []
     if name in ("auto", "batched"):
-        candidates.append(lambda: BatchedEngine(fm, autocast=autocast, channels_last=channels_last))
-    candidates.append(lambda: VmapEngine(fm, autocast=autocast))
-    if name == "auto":
-        candidates.append(lambda: LoopEngine(fm, autocast=autocast))
-    for make in candidates:
+        candidates.append(
+            ("batched", lambda: BatchedEngine(fm, autocast=autocast, channels_last=channels_last))
+        )
+    candidates.append(("vmap", lambda: VmapEngine(fm, autocast=autocast)))
+    for label, make in candidates:
         try:
             engine = make()
-            if name == "auto" or make is not candidates[-1]:
-                _trial(engine, fm, sample_inputs)
+            _trial(engine, fm, sample_inputs, shapes)
             return engine
-        except Exception:
-            continue
+        except ConfigError:
+            raise
+        except Exception as err:
+            if label != "vmap":
+                continue
+            reason = _reason(err)
+            where = getattr(err, "relayfl_module", None) or type(fm.model).__name__
+            if name != "auto":
+                raise ConfigError(
+                    f"--engine {name}: torch.func.vmap cannot run module {where!r} ({reason}); "
+                    "use --engine loop (or auto, which picks an engine that can)"
+                ) from None
+            logging.getLogger("relayfl.engine").info(
+                "engine auto: vmap cannot run module %r (%s); using the loop engine",
+                where,
+                reason,
+            )
     return LoopEngine(fm, autocast=autocast)
 
 
-def _trial(engine: Engine, fm: FunctionalModel, sample_inputs: Tensor) -> None:
-    """One gradient and one evaluation on two copies of a sample batch."""
+def _reason(err: Exception) -> str:
+    """A short reason for an engine failure (first line, data-dependent flow named)."""
+    text = str(err).strip()
+    if "data-dependent control flow" in text:
+        return "data-dependent Python control flow or .item() on a tensor in forward"
+    return (text.splitlines()[0][:160] if text else "") or type(err).__name__
+
+
+def _trial(
+    engine: Engine, fm: FunctionalModel, sample_inputs: Tensor, shapes: dict[str, tuple]
+) -> None:
+    """One gradient and one evaluation on two copies of a sample batch.
+
+    An exception raised inside a module gets ``relayfl_module``: that module's name.
+    """
     x = fm.x0.unsqueeze(0).expand(2, -1).contiguous()
     xb = sample_inputs.unsqueeze(0).expand(2, *sample_inputs.shape)
-    with torch.no_grad():
-        engine._logits_all(x, sample_inputs)
     yb = torch.zeros(2, len(sample_inputs), dtype=torch.long, device=xb.device)
-    masks = fm.dropout_masks(fm.dropout_shapes(sample_inputs), torch.Generator(), x.device)
+    masks = fm.dropout_masks(shapes, torch.Generator(), x.device)
     stacked = {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in masks.items()} or None
-    engine.grads(x, xb, yb, stacked)
+    names = {m: n for n, m in fm.model.named_modules() if n}
+    stack: list[str] = []
+
+    def pre(mod: nn.Module, _: object) -> None:
+        if mod in names:
+            stack.append(names[mod])
+
+    def post(mod: nn.Module, _: object, __: object) -> None:
+        if mod in names and stack:
+            stack.pop()
+
+    hooks = [
+        nn.modules.module.register_module_forward_pre_hook(pre),
+        nn.modules.module.register_module_forward_hook(post),
+    ]
+    try:
+        engine.evaluate(x, sample_inputs, yb[0])
+        stack.clear()
+        engine.grads(x, xb, yb, stacked)
+    except Exception as err:
+        if stack:
+            err.relayfl_module = stack[-1]  # type: ignore[attr-defined]
+        raise
+    finally:
+        for h in hooks:
+            h.remove()

@@ -42,7 +42,7 @@ from flwr.app import (
 from flwr.client import Client, NumPyClient
 from flwr.clientapp import ClientApp
 
-from relayfl import topology
+from relayfl import divergence, topology
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError, DivergenceError
 from relayfl.flower import protocol
@@ -473,11 +473,17 @@ def node_step(
     fit_config = {**client_config, "local-steps": rc.local_steps}
     new_arrays, fit_metrics = trainer.fit(arrays, fit_config, context)
     x_half, _ = arrays_to_flat(new_arrays)
-    if not bool(torch.isfinite(x_half).all()):
-        raise DivergenceError(
-            f"node {pid} diverged in round {rnd}: its fit returned non-finite parameters; "
-            "lower the learning rate"
-        )
+    message = divergence.check_params(  # on Flower paths only non-finite arrays count
+        x_half,
+        math.inf,
+        step=rnd,
+        names="node",
+        first=pid,
+        unit="round",
+        fix="fit returned non-finite arrays; lower the client's learning rate",
+    )
+    if message:
+        raise DivergenceError(message)
     out[FIT_METRICS] = client_metrics(fit_metrics)
     outbox = peer.send(x, x_half.to(x.dtype))
     state[STATE_PEER] = tensors_to_record(peer.state_dict())

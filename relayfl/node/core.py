@@ -9,6 +9,7 @@ protocol as a whole is described in :mod:`relayfl.node`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -23,9 +24,10 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from relayfl import topology
+from relayfl import divergence, topology
 from relayfl.config import RunConfig
-from relayfl.errors import ConfigError, RelayflError, TransportError
+from relayfl.divergence import CHECK_EVERY
+from relayfl.errors import ConfigError, DivergenceError, RelayflError, TransportError
 from relayfl.node.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from relayfl.node.checks import MessageCheck, step_window
 from relayfl.node.events import EventLog
@@ -33,7 +35,7 @@ from relayfl.node.liveness import Liveness, PeerState
 from relayfl.node.mixing import GossipNode
 from relayfl.node.options import NODE_ALGORITHMS, NodeConfig, NodeStopped, run_id
 from relayfl.node.steps import StepProtocol
-from relayfl.node.trainer import Trainer
+from relayfl.node.trainer import FlowerTrainer, Trainer
 from relayfl.relay import RelayNode, message_dtype, tree_slices, unpack
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.transport.base import LinkSpec, Message, Rejected, Transport
@@ -106,6 +108,9 @@ class Node(Liveness, StepProtocol):
         self.out = Path(options.out) if options.out is not None else None
         self._addresses = addresses
         self.x0 = trainer.x0.detach().clone()
+        # relayfl.divergence rule 3 for a Task; a Flower client: only non-finite arrays count
+        flower = isinstance(trainer, FlowerTrainer)
+        self._bound = math.inf if flower else divergence.limit(self.x0)
         self._pool = BufferPool()
         d = self.x0.numel()
         self.slices = tree_slices(len(self.graphs))
@@ -345,6 +350,7 @@ class Node(Liveness, StepProtocol):
         if start == 0 and config.eval_every and not self.evaluations:
             self._evaluate(x, 0, 0, math.nan)
         hook = getattr(getattr(trainer, "optimizer", None), "after_round", None)
+        freeze = getattr(trainer, "freeze", None)
         r = start
         while r < total_rounds:
             if self._abort.is_set():
@@ -355,13 +361,23 @@ class Node(Liveness, StepProtocol):
             with self._lock:
                 self._cur, self._phase = r, "train"
             t_train = time.monotonic()
-            x_half, loss = trainer.train(x, s0, k)
+            try:
+                x_half, loss = trainer.train(x, s0, k)
+            except DivergenceError as err:  # a Flower client's fit returned non-finite arrays
+                self._diverged(str(err))
             t_comm = time.monotonic()
-            if not math.isfinite(loss) and getattr(trainer, "reports_loss", True):
-                raise ConfigError(
-                    f"training diverged at step {s0} (loss {loss}); lower --lr or turn "
-                    "off --lr-correction"
+            lr_at = getattr(trainer, "lr_at", None)
+            lr = lr_at(s0) if lr_at is not None else math.nan
+            message = None
+            if getattr(trainer, "reports_loss", True):  # a Flower client may report no loss
+                message = divergence.check_loss(loss, step=s0, where=f"node {self.id}", lr=lr)
+            due = math.isinf(self._bound) or (s0 + k) // CHECK_EVERY > s0 // CHECK_EVERY
+            if message is None and due:
+                message = divergence.check_params(
+                    x_half, self._bound, step=s0 + k, names="node", first=self.id, lr=lr
                 )
+            if message:
+                self._diverged(message)
             if k == L:
                 try:
                     x_new = self._communicate(r, s0 + L - 1, x, x_half)
@@ -370,7 +386,7 @@ class Node(Liveness, StepProtocol):
                     raise
                 if hook is not None:
                     hook(x.unsqueeze(0), x_new.unsqueeze(0))
-                x = x_new
+                x = freeze(x_new) if freeze is not None else x_new  # requires_grad=False
             else:
                 x = x_half
                 with self._lock:
@@ -477,6 +493,14 @@ class Node(Liveness, StepProtocol):
             self._bytes_base[0] + self.transport.bytes_sent(),
             self._bytes_base[1] + self.transport.bytes_received(),
         )
+
+    def _diverged(self, message: str) -> None:
+        """Stop: save the evaluations so far with status "diverged" and raise."""
+        result = dataclasses.replace(self.result(), status="diverged")
+        if self.out is not None:
+            result.save(self.out)
+        self._event("diverged", message=message)
+        raise DivergenceError(message, result)
 
     def result(self) -> RunResult:
         """This node's result (one worker's view, in the core schema)."""
