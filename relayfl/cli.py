@@ -215,10 +215,11 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from relayfl import partition, plots
+    from relayfl.outdir import check_out
     from relayfl.simulation import simulate
 
     config = RunConfig.from_args(args)
-    out = Path(args.out)
+    out = check_out(args.out)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

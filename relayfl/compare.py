@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import time
@@ -45,7 +44,7 @@ import numpy as np
 from relayfl.algorithms import ALGORITHMS
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
-from relayfl.results import RunResult, json_default
+from relayfl.results import RunResult, dumps
 
 __all__ = [
     "COMPARE_ALGORITHMS",
@@ -234,7 +233,7 @@ class CompareResult:
             "runs": [r.to_dict() for r in self.runs],
         }
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=json_default))
+        tmp.write_text(dumps(data))
         tmp.replace(path)
         _write_csv(out / "summary.csv", self.summary)
         _write_csv(out / "runs.csv", [_run_row(r) for r in self.runs])
@@ -542,9 +541,11 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
 
 def run_compare_cli(args: argparse.Namespace) -> int:
     """``relayfl compare``: run, print the table, write the files."""
+    from relayfl.outdir import check_out
+
     spec = spec_from_args(args)
+    out = check_out(spec.out)
     result = run_compare(spec)
-    out = Path(spec.out)
     result.save(out)
     plot_accuracy_vs_round(result, out / "accuracy_vs_round.png")
     plot_worst_vs_alpha(result, out / "worst_vs_alpha.png")

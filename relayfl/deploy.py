@@ -420,8 +420,10 @@ def launch_main(args: argparse.Namespace) -> int:
         kills.append((int(node), int(step)))
     if args.insecure and args.certificates:
         raise ConfigError("pass either --certificates DIR or --insecure, not both")
+    from relayfl.outdir import check_out
+
     options = LaunchOptions(
-        out=Path(args.out),
+        out=check_out(args.out),
         insecure=args.insecure,
         certificates=Path(args.certificates) if args.certificates else None,
         mutual_tls=args.mutual_tls is not False,

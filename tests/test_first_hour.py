@@ -1,0 +1,82 @@
+"""A newcomer's first hour: outputs that are never lost, standard files, CLI words."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from relayfl.cli import main
+from relayfl.results import EvalRecord, RunResult
+
+TINY = ["--clients", "4", "--steps", "4", "--eval-every", "2", "--quiet"]
+
+
+def _strict_load(path: Path) -> dict:
+    """json.loads that rejects NaN / Infinity, as jq and JavaScript do."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["simulate", *TINY],
+        ["compare", "--clients", "4", "--rounds", "2", "--seeds", "1", "--alpha", "1"],
+        ["launch", "--nodes", "2", "--steps", "2", "--insecure", "--quiet"],
+    ],
+    ids=["simulate", "compare", "launch"],
+)
+def test_out_naming_a_file_is_refused_before_any_work(
+    command: list[str], tmp_path: Path, capsys
+) -> None:
+    """--out that is an existing file: exit 2 at once, one line naming --out and the fix."""
+    target = tmp_path / "taken.txt"
+    target.write_text("mine\n")
+    assert main([*command, "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("relayfl: error: --out"), err
+    assert "existing file" in err[0] and str(target) in err[0]
+    assert target.read_text() == "mine\n"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.txt"]  # nothing written
+
+
+def test_out_under_a_file_is_refused(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["simulate", *TINY, "--out", str(tmp_path / "file" / "run")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_rerun_into_a_results_folder_says_it_overwrites_in_one_line(
+    tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", *TINY, "--out", str(out)]) == 0
+    assert "overwrit" not in capsys.readouterr().err
+    assert main(["simulate", *TINY, "--seed", "1", "--out", str(out)]) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if "overwrit" in line]
+    assert notices == [f"relayfl: --out {out} already holds a run (results.json); overwriting it"]
+    assert _strict_load(out / "results.json")["config"]["seed"] == 1
+
+
+def test_results_json_is_strict_with_versions_and_the_real_topology(tmp_path: Path) -> None:
+    """NaN becomes null; flwr, torchvision, scikit-learn versions; topology not None."""
+    assert main(["simulate", *TINY, "--out", str(tmp_path)]) == 0
+    data = _strict_load(tmp_path / "results.json")
+    assert data["config"]["topology"] == "binary-tree"  # the default for relaysgd
+    for name in ("flwr", "torchvision", "scikit-learn", "torch", "numpy", "relayfl"):
+        assert data["versions"][name] not in ("", "not installed"), name
+
+    nan = math.nan
+    record = EvalRecord(2, 2, 0.1, 0.1, nan, nan, nan, nan, math.inf, nan, nan, [nan], [nan],
+                        [0], [0], 0.5)  # fmt: skip
+    result = RunResult(config={"topology": "chain"}, evaluations=[record])
+    result.save(tmp_path / "nan")
+    saved = _strict_load(tmp_path / "nan" / "results.json")["evaluations"][0]
+    assert saved["mean_accuracy"] is None and saved["worst_loss"] is None
+    assert saved["accuracies"] == [None] and saved["wall_s"] == 0.5
