@@ -52,9 +52,7 @@ def test_out_under_a_file_is_refused(tmp_path: Path, capsys) -> None:
     assert "is a file" in capsys.readouterr().err
 
 
-def test_rerun_into_a_results_folder_says_it_overwrites_in_one_line(
-    tmp_path: Path, capsys
-) -> None:
+def test_rerun_into_a_results_folder_says_it_overwrites_in_one_line(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["simulate", *TINY, "--out", str(out)]) == 0
     assert "overwrit" not in capsys.readouterr().err
