@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 from relayfl.algorithms import ALGORITHMS
+from relayfl.cliwords import HelpFormatter, command_parser, speak_cli
 from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
 from relayfl.errors import RelayflError
 from relayfl.optim import OPTIMIZERS
@@ -66,7 +66,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=d.fill,
         help="RelaySum/Model fill for missing workers; 'latest' for lossy links",
     )
-    g.add_argument("--normalization", choices=NORMALIZATIONS, default=None)
+    g.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default=None,
+        help="override the relay's normalization (default: the algorithm's own)",
+    )
     g.add_argument(
         "--drop-probability",
         dest="drop_probability",
@@ -80,9 +85,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--data-root",
         dest="data_root",
         default=None,
-        help="folder holding the data set files (fashion-mnist, mnist, cifar10)",
+        help="folder holding the data set files (fashion-mnist, mnist, cifar10; "
+        "default: the data set's standard folder)",
     )
-    g.add_argument("--model", default=None, help="small-cnn, vgg11 or mlp")
+    g.add_argument(
+        "--model", default=None, help="small-cnn, vgg11 or mlp (default: the data set's model)"
+    )
     g.add_argument("--clients", dest="num_clients", type=int, default=d.num_clients)
     g.add_argument(
         "--alpha",
@@ -102,7 +110,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         dest="eval_limit",
         type=int,
         default=None,
-        help="evaluate on the first K test samples",
+        help="evaluate on the first K test samples (default: the whole test set)",
     )
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=d.steps)
@@ -123,7 +131,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="constant learning rate (no warm-up, no decay)",
     )
-    g.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None)
+    g.add_argument(
+        "--warmup-epochs",
+        dest="warmup_epochs",
+        type=float,
+        default=None,
+        help=f"epochs of linear learning-rate warm-up (default: {d.warmup_epochs:g})",
+    )
     g.add_argument(
         "--milestones",
         type=_fractions,
@@ -161,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser(
         "simulate",
         help="simulate N workers in one process",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_run_options(sim)
     sim.add_argument(
@@ -229,11 +243,13 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
         disable=args.quiet,
         transient=False,
     ) as bar:
-        job = bar.add_task(
-            f"{config.algorithm} on {config.topology_name}", total=config.steps, acc=""
-        )
+        jobs: list = []  # the bar appears with the first step, after every check passed
 
         def progress(step: int, total: int, latest: object) -> None:
+            if not jobs:
+                name = f"{config.algorithm} on {config.topology_name}"
+                jobs.append(bar.add_task(name, total=config.steps, acc=""))
+            job = jobs[0]
             acc = getattr(latest, "worst_accuracy", None)
             if acc is not None:
                 bar.update(job, acc=f"worst acc {acc:.3f}")
@@ -263,14 +279,16 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relayfl`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         if args.command == "simulate":
             run_simulate(args)
         elif hasattr(args, "handler"):  # relayfl.deploy: node, launch, certs
             return args.handler(args)
     except RelayflError as err:  # the one place an error becomes an exit code
-        print(f"relayfl: error: {err}", file=sys.stderr)
+        words = speak_cli(str(err), command_parser(parser, args.command))
+        print(f"relayfl: error: {words}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("relayfl: interrupted", file=sys.stderr)

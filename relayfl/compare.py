@@ -117,12 +117,11 @@ class CompareSpec:
             )
         if not self.alphas or not self.seeds:
             raise ConfigError("give at least one alpha and one seed, e.g. --alpha 0.1 --seeds 1")
-        if self.rounds < 1 or self.local_steps < 1:
-            raise ConfigError(
-                f"rounds and local-steps must be >= 1, got {self.rounds} and {self.local_steps}"
-            )
+        for name in ("rounds", "local_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"eval-every (rounds) must be >= 1, got {self.eval_every}")
+            raise ConfigError(f"eval_every (rounds) must be >= 1, got {self.eval_every}")
         self.config("relaysgd", self.alphas[0], self.seeds[0])  # validate the run options
 
     @property
@@ -491,14 +490,42 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", default=None, help="a count (3: seeds 0,1,2) or a list 0,5,7")
     p.add_argument("--rounds", type=int, default=None, help="communication rounds (default 50)")
-    p.add_argument("--local-steps", dest="local_steps", type=int, default=None)
-    p.add_argument("--topology", default=None, help="override every default topology")
-    p.add_argument("--eval-every", dest="eval_every", type=int, default=None, help="rounds")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--data-root", dest="data_root", default=None)
+    p.add_argument(
+        "--local-steps",
+        dest="local_steps",
+        type=int,
+        default=None,
+        help="local steps per round (default 1)",
+    )
+    p.add_argument(
+        "--topology",
+        default=None,
+        help="override every default topology (default: each algorithm's own)",
+    )
+    p.add_argument(
+        "--eval-every",
+        dest="eval_every",
+        type=int,
+        default=None,
+        help="rounds between evaluations (default: a tenth of --rounds)",
+    )
+    d = RunConfig()
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help=f"samples per local step (default {d.batch_size})",
+    )
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {d.lr:g})")
+    p.add_argument(
+        "--data-root",
+        dest="data_root",
+        default=None,
+        help="folder holding the data set files (default: the data set's standard folder)",
+    )
     p.add_argument("--out", default=None, help="output folder (default results/compare)")
-    p.add_argument("--quiet", action="store_true", default=None)
+    p.add_argument("--quiet", action="store_true", default=None, help="no per-run lines")
     p.set_defaults(handler=run_compare_cli)
 
 

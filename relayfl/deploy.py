@@ -103,7 +103,8 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: argparse._SubParsersAction, add_run_options: Callable) -> None:
     """Register ``node``, ``launch`` and ``certs`` on the ``relayfl`` parser."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from relayfl.cliwords import HelpFormatter as fmt
+
     node = sub.add_parser(
         "node",
         help="run one worker on this device, relaying with its neighbours (no server)",
@@ -259,6 +260,8 @@ def _node_setup(args: argparse.Namespace) -> tuple[Any, Any, dict[int, str] | No
         config = RunConfig.from_dict(data.get("config", data))
     else:
         topo = args.topology
+        if topo and not Path(topo).is_file() and (Path(topo).suffix or "/" in topo):
+            raise ConfigError(f"--topology {topo} does not exist; check the file's path")
         if topo and Path(topo).is_file() and args.num_clients is None:
             args.num_clients = topology.load_graph(topo).number_of_nodes()
         if args.num_clients is None and args.peers:

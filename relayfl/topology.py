@@ -16,6 +16,7 @@ library, and never reads a config object.
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from os import PathLike
 from pathlib import Path
@@ -1001,6 +1002,11 @@ def build(
                 f"pass num_nodes={n} or None"
             )
         graphs = (graph,)
+    elif Path(name).suffix or "/" in name or os.sep in name:  # a path, not a name
+        raise ConfigError(
+            f"topology file {name!r} does not exist; check the path, or use one of "
+            f"{', '.join(NAMES)}"
+        )
     else:
         raise ConfigError(
             f"unknown topology {name!r}; use one of {', '.join(NAMES)}, "

@@ -58,7 +58,7 @@ def test_simulate_writes_results_table_csv_and_both_pngs(tmp_path: Path, capsys)
 BAD_INPUTS = {
     "alpha-zero": (["--alpha", "0"], "alpha must be > 0"),
     "too-many-clients": (["--clients", "5000"], "use at most 1437 clients"),
-    "relay-on-ring": (["--topology", "ring"], "spanning_tree"),
+    "relay-on-ring": (["--topology", "ring"], "--spanning-tree bfs"),
     "disconnected": (["--topology", "{graph}"], "connected"),
     "lr-negative": (["--lr", "-1"], "lr must be"),
 }

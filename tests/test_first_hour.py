@@ -78,3 +78,67 @@ def test_results_json_is_strict_with_versions_and_the_real_topology(tmp_path: Pa
     saved = _strict_load(tmp_path / "nan" / "results.json")["evaluations"][0]
     assert saved["mean_accuracy"] is None and saved["worst_loss"] is None
     assert saved["accuracies"] == [None] and saved["wall_s"] == 0.5
+
+
+CLI_WORDS = {
+    "clients": (["simulate", "--clients", "0"], "--clients must be >= 1, got 0"),
+    "social-network": (
+        ["simulate", "--topology", "social-network"],
+        "got --clients 16; pass --clients 32",
+    ),
+    "launch-nodes": (["launch", "--nodes", "0", "--insecure"], "--nodes must be >= 1"),
+    "compare-clients": (["compare", "--clients", "0"], "--clients must be >= 1"),
+    "compare-rounds": (["compare", "--rounds", "0"], "--rounds must be >= 1, got 0"),
+    "local-steps": (["simulate", "--local-steps", "0"], "--local-steps must be >= 1"),
+    "missing-file": (
+        ["simulate", "--topology", "missing.json"],
+        "topology file 'missing.json' does not exist",
+    ),
+    "node-missing-file": (
+        ["node", "--id", "0", "--topology", "missing.json", "--insecure"],
+        "--topology missing.json does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "words"), CLI_WORDS.values(), ids=CLI_WORDS.keys())
+def test_errors_name_the_cli_options_not_python_names(
+    args: list[str], words: str, tmp_path: Path, capsys
+) -> None:
+    """A CLI user sees --clients, never num_clients / num_nodes=."""
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert "num_" not in err[0] and "_" not in err[0].split("error:")[1].split("'")[0]
+
+
+def test_python_callers_keep_python_names() -> None:
+    from relayfl.config import RunConfig
+    from relayfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_clients must be >= 1"):
+        RunConfig(num_clients=0)
+
+
+def test_speak_cli_leaves_options_and_calls_alone() -> None:
+    from relayfl.cli import build_parser
+    from relayfl.cliwords import command_parser, speak_cli
+
+    sim = command_parser(build_parser(), "simulate")
+    text = "use --spanning-tree bfs (topology.spanning_tree(graph)); lower --lr, batch_size=8"
+    assert speak_cli(text, sim) == (
+        "use --spanning-tree bfs (topology.spanning_tree(graph)); lower --lr, --batch-size 8"
+    )
+
+
+@pytest.mark.parametrize("command", ["simulate", "compare", "launch", "node"])
+def test_help_shows_every_default_and_never_none(command: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrap argparse's columns
+    assert "(default: None)" not in text
+    if command == "simulate":
+        for shown in ("--steps STEPS (default: 300)", "--lr LR (default: 0.1)",
+                      "--batch-size BATCH_SIZE (default: 32)", "--seed SEED (default: 0)",
+                      "--algorithm {", "(default: relaysgd)"):  # fmt: skip
+            assert shown in text, shown
