@@ -7,13 +7,14 @@ The only place an error becomes an exit code: a :class:`RelayflError` prints one
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 
 from relayfl.algorithms import ALGORITHMS
 from relayfl.cliwords import HelpFormatter, command_parser, speak_cli
 from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
-from relayfl.errors import RelayflError
+from relayfl.errors import DivergenceError, RelayflError
 from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
 from relayfl.results import RunResult
@@ -136,7 +137,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         dest="warmup_epochs",
         type=float,
         default=None,
-        help=f"epochs of linear learning-rate warm-up (default: {d.warmup_epochs:g})",
+        help="epochs of linear learning-rate warm-up (default: 5, capped at 2.5%% of the run)",
     )
     g.add_argument(
         "--milestones",
@@ -234,6 +235,7 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
 
     config = RunConfig.from_args(args)
     out = check_out(args.out)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="relayfl: %(message)s")
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -255,7 +257,12 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
                 bar.update(job, acc=f"worst acc {acc:.3f}")
             bar.update(job, completed=step)
 
-        result = simulate(config=config, progress=progress)
+        try:
+            result = simulate(config=config, progress=progress)
+        except DivergenceError as err:  # keep the evaluations so far, status "diverged"
+            if err.result is not None:
+                err.result.save(out)
+            raise
     result.save(out)
     plots.learning_curves(
         result,

@@ -90,6 +90,12 @@ class FunctionalModel:
         x0, self.layout = pack(named)
         self.x0: Tensor = x0  # [d]
         self.sizes = [math.prod(s) for s in self.layout.shapes]
+        frozen = [not p.requires_grad for _, p in model.named_parameters()]
+        self.frozen: Tensor | None = (  # [d] bool: requires_grad=False entries, or None
+            torch.repeat_interleave(torch.tensor(frozen), torch.tensor(self.sizes))
+            if any(frozen)
+            else None
+        )
         self.buffers = {k: b.detach() for k, b in model.named_buffers()}
         self.loss_fn = loss_fn
         self._drop = {n: m for n, m in model.named_modules() if isinstance(m, _KeyedDropout)}
@@ -124,7 +130,20 @@ class FunctionalModel:
         self.model.to(device)
         self.buffers = {k: b.to(device) for k, b in self.buffers.items()}
         self.x0 = self.x0.to(device)
+        if self.frozen is not None:
+            self.frozen = self.frozen.to(device)
         return self
+
+    def freeze(self, x: Tensor) -> Tensor:
+        """``x`` [n, d] or [d] with its ``requires_grad=False`` entries reset to ``x0``.
+
+        Called after every optimizer step and every mixing step, so frozen parameters
+        are not stepped, not weight-decayed and not averaged: they keep their initial
+        value bit for bit on every worker, as ``torch.optim`` leaves them.
+        """
+        if self.frozen is None:
+            return x
+        return torch.where(self.frozen, self.x0, x)
 
     def logits(self, x: Tensor, inputs: Tensor, masks: dict[str, Tensor] | None = None) -> Tensor:
         """Forward pass of one worker's model ``x`` [d] on ``inputs`` [B, ...]."""
@@ -218,6 +237,7 @@ class Engine:
         accuracy, loss : Tensor[n], Tensor[n]
         """
         n = x.shape[0]
+        self.fm.model.eval()  # as model.eval(): dropout off, self.training False
         correct = torch.zeros(n, device=x.device)
         total_loss = torch.zeros(n, device=x.device, dtype=torch.float64)
         with torch.no_grad():
@@ -227,6 +247,7 @@ class Engine:
                 correct += (logits.argmax(-1) == yb).sum(-1)
                 losses = torch.stack([self.fm.loss_fn(lg, yb) for lg in logits])  # [n]
                 total_loss += losses.double() * len(yb)
+        self.fm.model.train()
         return correct / len(inputs), (total_loss / len(inputs)).float()
 
     def _logits_all(self, x: Tensor, xb: Tensor) -> Tensor:
@@ -245,6 +266,7 @@ class LoopEngine(Engine):
     def grads(
         self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor]:
+        self.fm.model.train()  # as model.train(): self.training True in forward
         gs, losses = [], []
         for i in range(x.shape[0]):
             mi = None if masks is None else {k: v[i] for k, v in masks.items()}
@@ -273,6 +295,7 @@ class VmapEngine(Engine):
     def grads(
         self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor]:
+        self.fm.model.train()  # as model.train(): self.training True in forward
         with self._amp(x.device):
             if masks:
                 g, loss = self._g(x, inputs, targets, masks)
@@ -322,6 +345,7 @@ class BatchedEngine(Engine):
     def grads(
         self, x: Tensor, inputs: Tensor, targets: Tensor, masks: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor]:
+        self.fm.model.train()  # as model.train(): self.training True in forward
         x = x.detach().requires_grad_(True)
         with torch.enable_grad(), self._amp(x.device):
             logits = self.forward(self._params(x), inputs, masks or None)  # [n, B, classes]

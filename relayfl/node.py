@@ -38,6 +38,7 @@ The protocol is step-synchronous and robust to timing:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -59,9 +60,10 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from relayfl import rng, topology
+from relayfl import divergence, rng, topology
 from relayfl.config import RunConfig
-from relayfl.errors import ConfigError, RelayflError, TransportError
+from relayfl.divergence import CHECK_EVERY
+from relayfl.errors import ConfigError, DivergenceError, RelayflError, TransportError
 from relayfl.relay import RelayNode, message_dtype, tree_slices, unpack
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
@@ -544,6 +546,7 @@ class Node:
         self.out = Path(options.out) if options.out is not None else None
         self._addresses = addresses
         self.x0 = trainer.x0.detach().clone()
+        self._bound = divergence.limit(self.x0)
         self._pool = BufferPool()
         d = self.x0.numel()
         self.slices = tree_slices(len(self.graphs))
@@ -1041,11 +1044,15 @@ class Node:
             t_train = time.monotonic()
             x_half, loss = trainer.train(x, s0, k)
             t_comm = time.monotonic()
-            if not math.isfinite(loss):
-                raise ConfigError(
-                    f"training diverged at step {s0} (loss {loss}); lower --lr or turn "
-                    "off --lr-correction"
+            lr_at = getattr(trainer, "lr_at", None)
+            lr = lr_at(s0) if lr_at is not None else math.nan
+            message = divergence.check_loss(loss, step=s0, where=f"node {self.id}", lr=lr)
+            if message is None and (s0 + k) // CHECK_EVERY > s0 // CHECK_EVERY:
+                message = divergence.check_params(
+                    x_half, self._bound, step=s0 + k, names="node", first=self.id, lr=lr
                 )
+            if message:
+                self._diverged(message)
             if k == L:
                 try:
                     x_new = self._communicate(r, s0 + L - 1, x, x_half)
@@ -1310,6 +1317,14 @@ class Node:
             self._bytes_base[0] + self.transport.bytes_sent(),
             self._bytes_base[1] + self.transport.bytes_received(),
         )
+
+    def _diverged(self, message: str) -> None:
+        """Stop: save the evaluations so far with status "diverged" and raise."""
+        result = dataclasses.replace(self.result(), status="diverged")
+        if self.out is not None:
+            result.save(self.out)
+        self._event("diverged", message=message)
+        raise DivergenceError(message, result)
 
     def result(self) -> RunResult:
         """This node's result (one worker's view, in the core schema)."""

@@ -16,7 +16,18 @@ from torch import Tensor
 
 from relayfl.errors import ConfigError
 
-__all__ = ["SGD", "Adam", "QuasiGlobalSGD", "learning_rate", "make_optimizer"]
+__all__ = [
+    "SGD",
+    "WARMUP_EPOCHS",
+    "WARMUP_FRACTION",
+    "Adam",
+    "QuasiGlobalSGD",
+    "learning_rate",
+    "make_optimizer",
+    "milestone_steps",
+    "schedule_notes",
+    "warmup_length",
+]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
@@ -173,13 +184,47 @@ def make_optimizer(
     raise ConfigError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
+#: The paper's warm-up: 5 epochs of a 200-epoch run (ALGORITHM.md 1.8).
+WARMUP_EPOCHS: float = 5.0
+#: The default warm-up is capped at this fraction of the run (the paper's 5 of 200).
+WARMUP_FRACTION: float = 0.025
+
+
+def warmup_length(requested: float | None, run_epochs: float) -> float:
+    """The warm-up in epochs for a run of ``run_epochs`` epochs (ALGORITHM.md 1.8).
+
+    ``None`` (the default) gives the paper's 5 epochs, capped at ``WARMUP_FRACTION``
+    (2.5%) of the run, so a short run reaches its peak learning rate early instead of
+    spending the whole run in warm-up. An explicit value is honoured as given.
+
+    Raises
+    ------
+    ConfigError
+        If ``requested`` is negative or not finite.
+    """
+    if requested is None:
+        return min(WARMUP_EPOCHS, WARMUP_FRACTION * run_epochs)
+    if not (requested >= 0 and math.isfinite(requested)):
+        raise ConfigError(f"warmup-epochs must be a finite number >= 0, got {requested}")
+    return float(requested)
+
+
+def milestone_steps(
+    total_steps: int, milestones: Sequence[float], warmup_steps: float = 0.0
+) -> list[int]:
+    """The steps where the learning rate decays: ``ceil(f * total_steps)`` per fraction
+    ``f``, moved to the end of the warm-up when they would fall inside it."""
+    end = math.ceil(warmup_steps)
+    return [max(math.ceil(f * total_steps), end) for f in milestones]
+
+
 def learning_rate(
     step: int,
     *,
     base: float,
     steps_per_epoch: float,
     total_steps: int,
-    warmup_epochs: float = 5.0,
+    warmup_epochs: float | None = None,
     milestones: Sequence[float] = (0.75, 0.9),
     decay: float = 0.1,
     world_size: int = 2,
@@ -188,14 +233,45 @@ def learning_rate(
     """The paper's schedule (ALGORITHM.md 1.8), with milestones as fractions of the run.
 
     ``lr = base * min(e / warmup, 1) * decay ** #{milestones passed}``, where
-    ``e = step / steps_per_epoch`` is the fractional epoch. The paper's 150/200 and
-    180/200 epochs are the default fractions 0.75 and 0.9, so short runs decay too.
-    Warm-up applies only when ``world_size > 1``; ``lr(0) = 0`` then, so the first
-    step is pure communication. ``enabled=False`` gives the constant ``base``.
+    ``e = step / steps_per_epoch`` is the fractional epoch and ``warmup`` is
+    :func:`warmup_length` (``None``: 5 epochs capped at 2.5% of the run). The paper's
+    150/200 and 180/200 epochs are the default fractions 0.75 and 0.9, so short runs
+    decay too; a milestone never falls inside the warm-up. Warm-up applies only when
+    ``world_size > 1``; ``lr(0) = 0`` then, so the first step is pure communication.
+    ``enabled=False`` gives the constant ``base``. Pure: the simulator, nodes and the
+    Flower apps call it with the same arguments and get the same rate.
     """
     if not enabled:
         return base
-    epoch = step / max(steps_per_epoch, 1e-12)
-    warm = min(epoch / warmup_epochs, 1.0) if warmup_epochs > 0 and world_size > 1 else 1.0
-    passed = sum(step >= math.ceil(f * total_steps) for f in milestones)
+    spe = max(steps_per_epoch, 1e-12)
+    warm_epochs = warmup_length(warmup_epochs, total_steps / spe) if world_size > 1 else 0.0
+    warm = min(step / spe / warm_epochs, 1.0) if warm_epochs > 0 else 1.0
+    passed = sum(step >= m for m in milestone_steps(total_steps, milestones, warm_epochs * spe))
     return base * warm * decay**passed
+
+
+def schedule_notes(
+    warmup_epochs: float | None, *, steps_per_epoch: float, total_steps: int
+) -> tuple[str | None, str | None]:
+    """What a user should be told about the warm-up of this run: ``(info, warning)``.
+
+    ``info`` when the default warm-up was capped to fit the run; ``warning`` when an
+    explicit ``warmup_epochs`` is at least the whole run (the configured learning rate
+    is never reached). Each is one line, or None.
+    """
+    run_epochs = total_steps / max(steps_per_epoch, 1e-12)
+    warm = warmup_length(warmup_epochs, run_epochs)
+    if warmup_epochs is None and warm < WARMUP_EPOCHS:
+        return (
+            f"warm-up capped at {warm:.3g} epochs ({WARMUP_FRACTION:.1%} of the "
+            f"{run_epochs:.3g}-epoch run, instead of {WARMUP_EPOCHS:g}); "
+            "set --warmup-epochs to choose it",
+            None,
+        )
+    if warmup_epochs is not None and warm >= run_epochs and warm > 0:
+        return None, (
+            f"--warmup-epochs {warmup_epochs:g} is at least the whole run "
+            f"({run_epochs:.3g} epochs): the learning rate never reaches its configured "
+            f"value; use e.g. --warmup-epochs {WARMUP_FRACTION * run_epochs:.2g}"
+        )
+    return None, None

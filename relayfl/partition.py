@@ -522,9 +522,13 @@ def _as_labels(labels: Any) -> np.ndarray:
             "e.g. labels.reshape(-1) or dataset.targets"
         )
     if y.size and not np.issubdtype(y.dtype, np.integer):
-        raise PartitionError(
-            f"labels must be integers, got dtype {y.dtype}; pass labels.astype(np.int64)"
+        fix = (
+            "pass labels.astype(np.int64)"
+            if np.issubdtype(y.dtype, np.number) and np.all(np.mod(y, 1) == 0)
+            else "map the classes to ids 0..K-1 with "
+            "classes, ids = np.unique(labels, return_inverse=True) and pass ids"
         )
+        raise PartitionError(f"labels must be integer class ids, got dtype {y.dtype}; {fix}")
     y = y.astype(np.int64, copy=False)
     if y.size and y.min() < 0:
         raise PartitionError(

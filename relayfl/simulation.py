@@ -9,8 +9,10 @@ mixing step communicates (ALGORITHM.md sections 1.5, 1.6, 3).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,18 +20,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from relayfl import partition, rng, topology
+from relayfl import divergence, partition, rng, topology
 from relayfl.algorithms import Mixer, local_optimizer, make_mixer
 from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, make_engine
-from relayfl.errors import ConfigError, PartitionError
-from relayfl.optim import learning_rate
+from relayfl.errors import ConfigError, DivergenceError, PartitionError
+from relayfl.optim import learning_rate, schedule_notes
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
 
 __all__ = [
     "ClientData",
     "Progress",
+    "check_model",
     "dropout_masks",
     "lr_schedule",
     "make_partitions",
@@ -50,9 +53,32 @@ def make_partitions(task: Task, config: RunConfig) -> list[np.ndarray]:
         )
     if config.iid:
         return partition.iid(len(labels), config.num_clients, seed=config.seed)
-    return partition.dirichlet(
+    parts = partition.dirichlet(
         labels, config.num_clients, config.alpha, seed=config.seed, even_split=config.even_split
     )
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        raise PartitionError(
+            f"{len(empty)} of {config.num_clients} clients get no training samples "
+            f"(clients {shown}) with alpha {config.alpha} and --no-even-split; use fewer "
+            "--clients, a larger --alpha, or drop --no-even-split"
+        )
+    return parts
+
+
+def check_model(task: Task, fm: FunctionalModel, sample_inputs: Tensor) -> None:
+    """Raise before training if the model cannot score ``task``'s classes.
+
+    One forward pass in eval mode on two samples ``sample_inputs`` [B, ...]; see
+    :meth:`Task.check_outputs`.
+    """
+    fm.model.eval()
+    try:
+        with torch.no_grad():
+            task.check_outputs(fm.logits(fm.x0, sample_inputs[:2]))
+    finally:
+        fm.model.train()
 
 
 @dataclass
@@ -151,12 +177,22 @@ def lr_schedule(
 
     Returns ``(lr_at, correction, steps_per_epoch)``: the epoch is a worker's mean
     partition size over the batch size; ``correction`` is ``1 + mean delay`` for
-    ``relaysgd`` with ``lr_correction`` (mean over trees), else 1.
+    ``relaysgd`` with ``lr_correction`` (mean over trees), else 1. Logs one line when
+    the default warm-up is capped to fit the run, and warns when an explicit
+    ``warmup_epochs`` covers the whole run (:func:`relayfl.optim.schedule_notes`).
     """
     correction = 1.0
     if config.lr_correction and config.algorithm == "relaysgd":
         correction = float(np.mean([topology.delay_correction(g) for g in graphs]))
     steps_per_epoch = float(np.mean([len(p) for p in parts])) / config.batch_size
+    if config.schedule and config.num_clients > 1:
+        info, warning = schedule_notes(
+            config.warmup_epochs, steps_per_epoch=steps_per_epoch, total_steps=config.steps
+        )
+        if info:
+            logging.getLogger("relayfl.schedule").info(info)
+        if warning:
+            warnings.warn(warning, UserWarning, stacklevel=2)
 
     def lr_at(step: int) -> float:
         return learning_rate(
@@ -242,6 +278,7 @@ def simulate(
     x_test = task.x_test[: config.eval_limit].to(device)
     y_test = task.y_test[: config.eval_limit].to(device)
     sample_inputs, _ = data.batch(0)
+    check_model(task, fm, sample_inputs[0])
     engine = make_engine(
         fm,
         config.engine,  # type: ignore[arg-type]
@@ -298,6 +335,36 @@ def simulate(
         evaluations.append(record)
         return record
 
+    def result(status: str) -> RunResult:
+        """The run so far (every step done, or stopped by divergence)."""
+        return RunResult(
+            config=config.to_dict(),
+            status=status,
+            evaluations=evaluations,
+            topology={
+                "name": config.topology_name,
+                "graphs": [topology.describe(g) for g in graphs],
+                "lr_correction_factor": correction,
+            },
+            versions=library_versions(),
+            wall_s=time.perf_counter() - started,
+            engine=engine.name,
+            models=x.detach(),
+            layout=fm.layout,
+            task={
+                "name": task.name,
+                "parameters": fm.numel,
+                "train_samples": len(task.x_train),
+                "test_samples": len(x_test),
+                "partition_sizes": [len(p) for p in parts],
+                "partition_counts": partition.count_matrix(
+                    task.partition_labels, parts, task.num_classes
+                ).tolist(),
+                **task.info,
+            },
+        )
+
+    bound = divergence.limit(fm.x0)
     rounds = 0
     if config.eval_every:
         evaluate(0, 0)
@@ -306,50 +373,29 @@ def simulate(
         xb, yb = data.batch(step)
         masks = dropout_masks(fm, shapes, config.seed, range(n), step, device)  # [n, B, ...]
         g, losses = engine.grads(x, xb, yb, masks)  # [n, d], [n]
-        x = x + optimizer.update(x, g, lr)  # [n, d]: x^(t+1/2)
+        x = fm.freeze(x + optimizer.update(x, g, lr))  # [n, d]: x^(t+1/2)
         train_loss = float(losses.mean())
         if not math.isfinite(train_loss):
-            raise ConfigError(
-                f"training diverged at step {step} (loss {train_loss}) with "
-                f"lr {lr:g}; lower --lr or turn off --lr-correction"
-            )
+            worst = int(torch.nonzero(~torch.isfinite(losses))[0])
+            message = divergence.check_loss(train_loss, step=step, where=f"client {worst}", lr=lr)
+            raise DivergenceError(message or "", result("diverged"))
         if (step + 1) % config.local_steps == 0:
             keep = _drop_masks(mixer, n, config.drop_probability, config.seed, step)
-            x = mixer.mix(x_start, x, keep)  # [n, d]
+            x = fm.freeze(mixer.mix(x_start, x, keep))  # [n, d]
             optimizer.after_round(x_start, x)  # qgm: quasi-global momentum update
             x_start = x
             rounds += 1
             sent += per_round
         latest = None
         done = step + 1
-        if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
+        evaluating = (config.eval_every and done % config.eval_every == 0) or done == config.steps
+        if evaluating or done % divergence.CHECK_EVERY == 0:
+            message = divergence.check_params(x, bound, step=done, lr=lr)
+            if message:
+                raise DivergenceError(message, result("diverged"))
+        if evaluating:
             latest = evaluate(done, rounds)
         if progress is not None:
             progress(done, config.steps, latest)
 
-    summary = [topology.describe(g) for g in graphs]
-    return RunResult(
-        config=config.to_dict(),
-        evaluations=evaluations,
-        topology={
-            "name": config.topology_name,
-            "graphs": summary,
-            "lr_correction_factor": correction,
-        },
-        versions=library_versions(),
-        wall_s=time.perf_counter() - started,
-        engine=engine.name,
-        models=x.detach(),
-        layout=fm.layout,
-        task={
-            "name": task.name,
-            "parameters": fm.numel,
-            "train_samples": len(task.x_train),
-            "test_samples": len(x_test),
-            "partition_sizes": [len(p) for p in parts],
-            "partition_counts": partition.count_matrix(
-                task.partition_labels, parts, task.num_classes
-            ).tolist(),
-            **task.info,
-        },
-    )
+    return result("completed")

@@ -75,6 +75,8 @@ class Task:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for which in ("x_train", "y_train", "x_test", "y_test"):
+            _check_tensor(self.name, which, getattr(self, which))
         if len(self.x_train) != len(self.y_train):
             raise ConfigError(
                 f"task {self.name!r}: x_train has {len(self.x_train)} rows but "
@@ -87,9 +89,31 @@ class Task:
             )
         if len(self.x_train) == 0:
             raise ConfigError(f"task {self.name!r} has no training samples")
+        if len(self.x_test) == 0:
+            raise ConfigError(
+                f"task {self.name!r} has no test samples, so no accuracy can be measured; "
+                "pass a held-out x_test, y_test with at least one row"
+            )
         if self.num_classes is None:
             classes = int(torch.cat([self.y_train, self.y_test]).max()) + 1
             object.__setattr__(self, "num_classes", classes)
+
+    def check_outputs(self, logits: Tensor) -> None:
+        """Raise if the model's ``logits`` [B, C] have fewer than ``num_classes`` columns.
+
+        Raises
+        ------
+        ConfigError
+            Naming the model's output count and the number of classes in the labels.
+        """
+        assert self.num_classes is not None
+        if logits.dim() < 2 or logits.shape[-1] < self.num_classes:
+            outputs = logits.shape[-1] if logits.dim() else 1
+            raise ConfigError(
+                f"task {self.name!r}: the model gives {outputs} outputs per sample (logits "
+                f"shape {tuple(logits.shape)}) but the labels have {self.num_classes} "
+                f"classes; give the last layer {self.num_classes} outputs"
+            )
 
     @property
     def partition_labels(self) -> np.ndarray:
@@ -103,6 +127,45 @@ class Task:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.model_fn()
+
+
+def _check_tensor(name: str, which: str, value: object) -> None:
+    """One-line errors for inputs that are not tensors and labels that are not class ids."""
+    if not isinstance(value, Tensor):
+        if which.startswith("y") and np.asarray(value).dtype.kind in "USO":
+            fix = (
+                "map the classes to ids 0..K-1: classes, ids = np.unique(labels, "
+                "return_inverse=True), then pass torch.as_tensor(ids)"
+            )
+        else:
+            fix = f"pass torch.as_tensor({which})" + (".long()" if which[0] == "y" else "")
+        raise ConfigError(
+            f"task {name!r}: {which} is a {type(value).__name__}, not a torch.Tensor; {fix}"
+        )
+    if which.startswith("y"):
+        if value.dim() != 1:
+            raise ConfigError(
+                f"task {name!r}: {which} has shape {tuple(value.shape)}; pass one integer "
+                f"class id per sample ({which}.reshape(-1), or argmax of one-hot labels)"
+            )
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            integral = value.dtype == torch.bool or (
+                value.is_floating_point() and bool((value == value.round()).all())
+            )
+            fix = (
+                f"pass {which}.long()"
+                if integral
+                else "map the classes to ids 0..K-1 and pass a torch.long tensor"
+            )
+            raise ConfigError(
+                f"task {name!r}: {which} has dtype {value.dtype}, but labels are integer "
+                f"class ids for cross entropy and accuracy; {fix}"
+            )
+        if len(value) and int(value.min()) < 0:
+            raise ConfigError(
+                f"task {name!r}: {which} has a negative label {int(value.min())}; "
+                "map the classes to ids 0..K-1"
+            )
 
 
 def _flip_crop(pad: int) -> Callable[[Tensor, torch.Generator], Tensor]:

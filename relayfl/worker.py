@@ -19,7 +19,13 @@ from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, LoopEngine
 from relayfl.errors import ConfigError
 from relayfl.optim import make_optimizer
-from relayfl.simulation import ClientData, dropout_masks, lr_schedule, make_partitions
+from relayfl.simulation import (
+    ClientData,
+    check_model,
+    dropout_masks,
+    lr_schedule,
+    make_partitions,
+)
 from relayfl.task import Task
 
 __all__ = ["LocalWorker"]
@@ -85,6 +91,7 @@ class LocalWorker:
             nesterov=config.nesterov,
         )
         sample, _ = self.data.client_batch(client, 0)
+        check_model(task, self.fm, sample)
         self._shapes = self.fm.dropout_shapes(sample)
 
     def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
@@ -102,7 +109,7 @@ class LocalWorker:
         x_half, loss : Tensor[d], float
             The model after the local steps and the mean training loss.
         """
-        row = x.to(self.device).unsqueeze(0)  # [1, d]
+        row = self.fm.freeze(x.to(self.device).unsqueeze(0))  # [1, d]
         losses = []
         for s in range(step, step + num_steps):
             xb, yb = self.data.client_batch(self.client, s)
@@ -110,7 +117,7 @@ class LocalWorker:
                 self.fm, self._shapes, self.config.seed, [self.client], s, self.device
             )
             g, loss = self.engine.grads(row, xb.unsqueeze(0), yb.unsqueeze(0), masks)  # [1, d]
-            row = row + self.optimizer.update(row, g, self.lr_at(s))
+            row = self.fm.freeze(row + self.optimizer.update(row, g, self.lr_at(s)))
             losses.append(float(loss[0]))
         return row[0], float(np.mean(losses))
 

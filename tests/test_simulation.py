@@ -12,7 +12,13 @@ from torch import nn
 
 from relayfl import RunConfig, RunResult, Task, simulate
 from relayfl.errors import ConfigError, PartitionError
-from relayfl.optim import SGD, learning_rate
+from relayfl.optim import (
+    SGD,
+    learning_rate,
+    milestone_steps,
+    schedule_notes,
+    warmup_length,
+)
 from relayfl.simulation import ClientData
 from relayfl.task import builtin
 
@@ -73,16 +79,43 @@ def test_batches_are_keyed_per_client_not_drawn_from_one_stream() -> None:
 
 
 def test_learning_rate_schedule_follows_the_paper() -> None:
-    """Section 1.8 / I15: lr(0) = 0, linear warm-up over 5 epochs, x0.1 at 75% and 90%."""
-    kw = {"base": 1.0, "steps_per_epoch": 10, "total_steps": 1000}
+    """Section 1.8 / I15: a 200-epoch run warms up over 5 epochs, x0.1 at 75% and 90%."""
+    kw = {"base": 1.0, "steps_per_epoch": 10, "total_steps": 2000}
     assert learning_rate(0, **kw) == 0
     assert learning_rate(25, **kw) == pytest.approx(0.5)
     assert learning_rate(50, **kw) == pytest.approx(1.0)
-    assert learning_rate(749, **kw) == pytest.approx(1.0)
-    assert learning_rate(750, **kw) == pytest.approx(0.1)
-    assert learning_rate(900, **kw) == pytest.approx(0.01)
+    assert learning_rate(1499, **kw) == pytest.approx(1.0)
+    assert learning_rate(1500, **kw) == pytest.approx(0.1)
+    assert learning_rate(1800, **kw) == pytest.approx(0.01)
     assert learning_rate(0, **kw, world_size=1) == 1.0  # no warm-up for one worker
-    assert learning_rate(900, **kw, enabled=False) == 1.0
+    assert learning_rate(1800, **kw, enabled=False) == 1.0
+
+
+def test_default_warmup_is_capped_at_2_5_percent_of_a_short_run() -> None:
+    """300 steps of 117 per epoch: warm-up 2.5% of the run (7.5 steps), not 5 epochs."""
+    kw = {"base": 1.0, "steps_per_epoch": 117.1875, "total_steps": 300}  # 60k/16/32
+    assert warmup_length(None, 300 / 117.1875) == pytest.approx(0.025 * 300 / 117.1875)
+    assert learning_rate(3, **kw) == pytest.approx(0.4)
+    assert learning_rate(8, **kw) == 1.0  # the configured rate from step 8 on
+    assert learning_rate(224, **kw) == 1.0
+    assert learning_rate(225, **kw) == pytest.approx(0.1)
+    assert learning_rate(270, **kw) == pytest.approx(0.01)
+    info, warning = schedule_notes(None, steps_per_epoch=117.1875, total_steps=300)
+    assert "capped at 0.064 epochs" in info and warning is None
+    assert schedule_notes(None, steps_per_epoch=10, total_steps=2000) == (None, None)
+
+
+def test_explicit_warmup_is_honoured_and_milestones_stay_after_it() -> None:
+    """--warmup-epochs 5 on a 3-epoch run: honoured, warned about, no decay inside it."""
+    kw = {"base": 1.0, "steps_per_epoch": 100, "total_steps": 300, "warmup_epochs": 5.0}
+    assert learning_rate(250, **kw) == pytest.approx(0.5)  # still warming up at 75%
+    assert milestone_steps(300, (0.75, 0.9), warmup_steps=500) == [500, 500]
+    info, warning = schedule_notes(5.0, steps_per_epoch=100, total_steps=300)
+    assert info is None and "--warmup-epochs 5 is at least the whole run" in warning
+    with pytest.warns(UserWarning, match="never reaches"):
+        simulate(_tiny(steps=2, warmup_epochs=50.0, eval_every=0))
+    with pytest.raises(ConfigError, match="warmup-epochs must be"):
+        RunConfig(warmup_epochs=-1.0)
 
 
 def test_nesterov_sgd_matches_torch_optim() -> None:

@@ -41,9 +41,9 @@ from flwr.app import (
 from flwr.client import Client, NumPyClient
 from flwr.clientapp import ClientApp
 
-from relayfl import topology
+from relayfl import divergence, topology
 from relayfl.config import RunConfig
-from relayfl.errors import ConfigError
+from relayfl.errors import ConfigError, DivergenceError
 from relayfl.flower import protocol
 from relayfl.flower.peer import PeerMixer
 from relayfl.flower.records import (
@@ -363,6 +363,17 @@ def node_step(
             f"fit returned a model of {new_layout.numel} values, the shared model has "
             f"{layout.numel}; return the updated arrays of the same model"
         )
+    message = divergence.check_params(  # on Flower paths only non-finite arrays count
+        x_half,
+        math.inf,
+        step=rnd,
+        names="node",
+        first=pid,
+        unit="round",
+        fix="fit returned non-finite arrays; lower the client's learning rate",
+    )
+    if message:
+        raise DivergenceError(message)
     outbox = peer.send(x, x_half.to(x.dtype))
     state[STATE_PEER] = tensors_to_record(peer.state_dict())
     if layout.local:  # integer arrays are never relayed: keep this node's own
