@@ -12,13 +12,14 @@ import math
 import sys
 
 from relayfl.algorithms import ALGORITHMS
-from relayfl.cliwords import HelpFormatter, command_parser, speak_cli
+from relayfl.cliwords import HelpFormatter, command_parser, one_line_warnings, speak_cli
 from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
 from relayfl.errors import DivergenceError, RelayflError
 from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
 from relayfl.results import RunResult
 from relayfl.task import DATASETS
+from relayfl.threads import AUTO, parse_threads, set_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for results.json, evaluations.csv and the PNGs",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.add_argument(
+        "--threads",
+        type=parse_threads,
+        default=AUTO,
+        help="torch CPU threads: a count, or 'auto' for the cores other work leaves idle",
+    )
     from relayfl.deploy import add_commands  # node, launch, certs (deployment)
 
     add_commands(sub, _add_run_options)
@@ -235,6 +242,7 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
 
     config = RunConfig.from_args(args)
     out = check_out(args.out)
+    set_threads(args.threads)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="relayfl: %(message)s")
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -288,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relayfl`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    one_line_warnings()
     try:
         if args.command == "simulate":
             run_simulate(args)

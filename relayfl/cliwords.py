@@ -13,8 +13,16 @@ from __future__ import annotations
 import argparse
 import copy
 import re
+import warnings
+from pathlib import Path
 
-__all__ = ["HelpFormatter", "command_parser", "option_names", "speak_cli"]
+__all__ = [
+    "HelpFormatter",
+    "command_parser",
+    "one_line_warnings",
+    "option_names",
+    "speak_cli",
+]
 
 #: Python names the library uses for an option under another name, with the ``dest``\s
 #: that may stand for them (``compare`` keeps the client count in ``clients``).
@@ -112,3 +120,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
             return f"{text} (default: {shown})".strip()
         return f"{text} (default: %(default)s)".strip()
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def one_line_warnings() -> None:
+    """Print relayfl's own warnings as one ``relayfl: warning: ...`` line.
+
+    Python's default shows the file, the line number and the source line of the
+    ``warnings.warn`` call: two lines of relayfl internals a CLI user cannot act on.
+    Warnings from other packages keep Python's format.
+    """
+    default = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        if str(Path(filename).resolve()).startswith(_PACKAGE):
+            return f"relayfl: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning

@@ -45,6 +45,7 @@ from relayfl.algorithms import ALGORITHMS
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
 from relayfl.results import RunResult, dumps
+from relayfl.threads import AUTO, parse_threads, set_threads
 
 __all__ = [
     "COMPARE_ALGORITHMS",
@@ -526,6 +527,13 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="output folder (default results/compare)")
     p.add_argument("--quiet", action="store_true", default=None, help="no per-run lines")
+    p.add_argument(
+        "--threads",
+        type=parse_threads,
+        default=AUTO,
+        help="torch CPU threads of the simulator runs: a count, or 'auto' for the cores "
+        "other work leaves idle (default: auto)",
+    )
     p.set_defaults(handler=run_compare_cli)
 
 
@@ -572,6 +580,7 @@ def run_compare_cli(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     out = check_out(spec.out)
+    set_threads(args.threads)
     result = run_compare(spec)
     result.save(out)
     plot_accuracy_vs_round(result, out / "accuracy_vs_round.png")

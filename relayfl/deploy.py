@@ -307,10 +307,9 @@ def _stdin_addresses(own: dict[str, str]) -> dict[int, str]:
 
 
 def node_main(args: argparse.Namespace) -> int:
-    import torch
-
     from relayfl.certs import load_tls
     from relayfl.node import Node, NodeConfig, load_trainer
+    from relayfl.threads import set_threads
 
     logging.basicConfig(
         stream=sys.stderr,
@@ -318,8 +317,7 @@ def node_main(args: argparse.Namespace) -> int:
         format="%(asctime)s relayfl %(levelname)s %(message)s",
     )
     log = logging.getLogger("relayfl.node")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     config, graphs, addresses = _node_setup(args)
     me = args.node_id
     if args.insecure and args.certificates:
@@ -378,7 +376,7 @@ def node_main(args: argparse.Namespace) -> int:
     )
     # torch.func (the simulator's engine) imports torch._dynamo on its first gradient:
     # ~4 s of CPU. Pay it now, before the rendezvous, not inside step 0's timeout.
-    import torch._dynamo
+    import torch._dynamo  # noqa: F401
 
     trainer = load_trainer(args.client, config, me)
     book: Any = _stdin_addresses if args.peers_from_stdin else addresses

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from relayfl import divergence, partition, rng, topology
+from relayfl import divergence, partition, rng, sizes, topology
 from relayfl.algorithms import Mixer, local_optimizer, make_mixer
 from relayfl.config import RunConfig
 from relayfl.engine import FunctionalModel, make_engine
@@ -273,6 +273,15 @@ def simulate(
     parts = make_partitions(task, config)
 
     fm = FunctionalModel(task.init_model(config.seed), task.loss_fn).to(device)
+    sizes.warn_small_partitions([len(p) for p in parts], config.batch_size)
+    sizes.check_memory(
+        fm.model,
+        task.x_train[: sizes.PROBE_BATCH].to(device),
+        workers=n,
+        batch_size=config.batch_size,
+        batched=config.engine != "loop",
+        device=device,
+    )
     x = fm.x0.unsqueeze(0).repeat(n, 1)  # [n, d]
     data = ClientData.from_task(task, parts, config, device)
     x_test = task.x_test[: config.eval_limit].to(device)
