@@ -142,3 +142,73 @@ def test_help_shows_every_default_and_never_none(command: str, capsys) -> None:
                       "--batch-size BATCH_SIZE (default: 32)", "--seed SEED (default: 0)",
                       "--algorithm {", "(default: relaysgd)"):  # fmt: skip
             assert shown in text, shown
+
+
+def test_clients_smaller_than_a_batch_are_warned_in_one_line() -> None:
+    """1,437 digits over 4 clients (359 each) at batch 512: warned, with the sizes."""
+    import warnings
+
+    import relayfl
+    from relayfl import RunConfig, simulate
+    from relayfl.cliwords import one_line_warnings
+
+    config = RunConfig(num_clients=4, alpha=math.inf, batch_size=512, steps=1, eval_every=0)
+    with pytest.warns(UserWarning) as caught:
+        simulate(config=config)
+    text = (
+        "4 of 4 clients hold fewer samples than one batch (smallest 359, batch-size 512, "
+        "1437 samples in all): their batches repeat the same samples; use fewer clients "
+        "or a smaller batch size"
+    )
+    assert [str(w.message) for w in caught if "batch" in str(w.message)] == [text]
+    before = warnings.formatwarning
+    try:
+        one_line_warnings()  # what the CLI prints: one line, no file:line source
+        inside = str(Path(relayfl.__file__).parent / "simulation.py")
+        shown = warnings.formatwarning(text, UserWarning, inside, 1)
+        assert shown == f"relayfl: warning: {text}\n"
+        assert "relayfl: warning" not in warnings.formatwarning("x", UserWarning, "/a/b.py", 1)
+    finally:
+        warnings.formatwarning = before
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(
+    tmp_path: Path, capsys
+) -> None:
+    """--batch-size 100000 on 16 clients: ~56 GiB of activations, refused before training."""
+    from relayfl.sizes import available_memory
+
+    free = available_memory(__import__("torch").device("cpu"))[0]
+    if free > 200 * 2**30:
+        pytest.skip("this machine has room for the run")
+    assert main(["simulate", "--batch-size", "100000", "--quiet", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("relayfl: error: this run needs about 56.")  # GiB, measured 56.2
+    assert "GiB (16 clients x batch-size 100000 x " in err
+    assert "36.8 KiB of activations per sample" in err and "--batch-size" in err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_memory_estimate_scales_with_batch_and_clients() -> None:
+    from relayfl.sizes import STATE_COPIES, estimate_memory
+
+    base = estimate_memory(1000.0, 10, workers_at_once=4, workers=4, batch_size=8)
+    assert base == 1000.0 * 8 * 4 + 4 * 10 * 4 * STATE_COPIES
+    loop = estimate_memory(1000.0, 10, workers_at_once=1, workers=4, batch_size=8)
+    assert loop == 1000.0 * 8 + 4 * 10 * 4 * STATE_COPIES
+
+
+def test_threads_option_sets_torch_threads_and_refuses_zero(capsys) -> None:
+    import torch
+
+    from relayfl.threads import idle_cores, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert 1 <= set_threads("auto") == idle_cores() <= before or before == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main(["simulate", "--threads", "0"])
+    assert "--threads takes a count >= 1 or 'auto', got '0'" in capsys.readouterr().err
