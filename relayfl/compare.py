@@ -379,7 +379,8 @@ def plot_accuracy_vs_round(result: CompareResult, path: str | Path) -> Path:
         alpha = _parse_alpha(r.config["alpha"])
         groups.setdefault((algorithm, alpha), []).append(r)
     k = len(spec.alphas)
-    fig = _figure((4.2 * k, 3.8))
+    fig = _figure((5.5 * k, 5.0))
+    count = max(len(spec.algorithms), 1)
     for i, alpha in enumerate(spec.alphas):
         ax = fig.add_subplot(1, k, i + 1)
         for j, algorithm in enumerate(spec.algorithms):
@@ -387,17 +388,26 @@ def plot_accuracy_vs_round(result: CompareResult, path: str | Path) -> Path:
             if not runs:
                 continue
             rounds, mean, worst = _curves(runs)
-            style = {"color": f"C{j % 10}", "marker": _MARKERS[j % len(_MARKERS)]}
-            style.update(markersize=3, alpha=0.85)
+            # equal curves stay visible: each algorithm its own marker, on its own
+            # evaluations (staggered), and a line width that shrinks with its index
+            every = max(1, len(rounds) // 8)
+            style = {
+                "color": f"C{j % 10}",
+                "marker": _MARKERS[j % len(_MARKERS)],
+                "markevery": (j * every // count, every),
+                "markersize": 6,
+                "linewidth": 1.0 + 1.5 * (count - 1 - j) / count,
+                "alpha": 0.85,
+            }
             ax.plot(rounds, mean, label=f"{algorithm} (mean)", **style)
             ax.plot(rounds, worst, linestyle="--", label=f"{algorithm} (worst)", **style)
         ax.set_title(f"{spec.dataset}, {spec.clients} clients, alpha={_alpha_text(alpha)}")
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         if i == 0:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=9, loc="lower right")
     return _save(fig, path)
 
 
@@ -407,8 +417,9 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
     alphas = sorted(spec.alphas)
     finite = all(math.isfinite(a) for a in alphas)
     xs = alphas if finite else list(range(len(alphas)))
-    fig = _figure((6.0, 4.2))
+    fig = _figure((7.5, 5.2))
     ax = fig.add_subplot()
+    count = max(len(spec.algorithms), 1)
     for j, algorithm in enumerate(spec.algorithms):
         rows = {r["alpha"]: r for r in result.summary if r["algorithm"] == algorithm}
         ys = [rows.get(_alpha_text(a), {}).get("worst_accuracy", math.nan) for a in alphas]
@@ -418,7 +429,9 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
             ys,
             yerr=es,
             marker=_MARKERS[j % len(_MARKERS)],
-            capsize=3,
+            markersize=7,
+            capsize=4,
+            linewidth=1.0 + 1.5 * (count - 1 - j) / count,
             alpha=0.85,
             color=f"C{j % 10}",
             label=algorithm,
@@ -431,7 +444,7 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
     ax.set_ylabel("final worst-client test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=10)
     ax.set_title(f"{spec.dataset}, {spec.clients} clients, {spec.rounds} rounds")
     return _save(fig, path)
 
@@ -440,7 +453,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=150)
     return path
 
 
