@@ -388,15 +388,15 @@ def plot_accuracy_vs_round(result: CompareResult, path: str | Path) -> Path:
             if not runs:
                 continue
             rounds, mean, worst = _curves(runs)
-            # equal curves stay visible: each algorithm its own marker, on its own
-            # evaluations (staggered), and a line width that shrinks with its index
-            every = max(1, len(rounds) // 8)
+            # equal curves stay visible: hollow markers and lines that shrink with the
+            # algorithm's index, so a later curve drawn on an earlier one leaves its rim
             style = {
                 "color": f"C{j % 10}",
                 "marker": _MARKERS[j % len(_MARKERS)],
-                "markevery": (j * every // count, every),
-                "markersize": 6,
-                "linewidth": 1.0 + 1.5 * (count - 1 - j) / count,
+                "markersize": 5 + 8 * (count - 1 - j) / count,
+                "markerfacecolor": "none",
+                "markeredgewidth": 1.5,
+                "linewidth": 1.0 + 3.0 * (count - 1 - j) / count,
                 "alpha": 0.85,
             }
             ax.plot(rounds, mean, label=f"{algorithm} (mean)", **style)
@@ -429,9 +429,11 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
             ys,
             yerr=es,
             marker=_MARKERS[j % len(_MARKERS)],
-            markersize=7,
+            markersize=6 + 8 * (count - 1 - j) / count,
+            markerfacecolor="none",
+            markeredgewidth=1.5,
             capsize=4,
-            linewidth=1.0 + 1.5 * (count - 1 - j) / count,
+            linewidth=1.0 + 3.0 * (count - 1 - j) / count,
             alpha=0.85,
             color=f"C{j % 10}",
             label=algorithm,
