@@ -243,3 +243,23 @@ def test_readme_launch_demo_learns(tmp_path: Path) -> None:
     final = _strict_load(out / "results.json")["evaluations"][-1]
     assert final["step"] == 50
     assert final["worst_accuracy"] >= LAUNCH_DEMO_WORST, final["accuracies"]
+
+
+# simulations/compare_digits.toml's quick look (--rounds 20 --local-steps 5 --seeds 1),
+# at its middle alpha, measured on the 2-core machine at a load of 12-18 (worst client):
+QUICK_LOOK_WORST = {"relaysgd": 0.5, "dpsgd": 0.5, "fedavg": 0.5, "allreduce": 0.5}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_toml_quick_look_compare_learns(tmp_path: Path) -> None:
+    """The quick look the TOML suggests: every algorithm far above chance (0.1)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "quick"
+    args = ["compare", "--config", str(root / "simulations" / "compare_digits.toml")]
+    quick = ["--rounds", "20", "--local-steps", "5", "--seeds", "1", "--alpha", "0.1"]
+    assert main([*args, *quick, "--quiet", "--out", str(out)]) == 0
+    rows = {r["algorithm"]: r for r in _strict_load(out / "results.json")["summary"]}
+    assert sorted(rows) == sorted(QUICK_LOOK_WORST)
+    for algorithm, floor in QUICK_LOOK_WORST.items():
+        assert rows[algorithm]["worst_accuracy"] >= floor, (algorithm, rows[algorithm])
