@@ -174,6 +174,7 @@ def test_clients_smaller_than_a_batch_are_warned_in_one_line() -> None:
         warnings.formatwarning = before
 
 
+@pytest.mark.filterwarnings("ignore:16 of 16 clients hold fewer samples")
 def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(
     tmp_path: Path, capsys
 ) -> None:
