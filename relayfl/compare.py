@@ -43,7 +43,7 @@ import numpy as np
 
 from relayfl.algorithms import ALGORITHMS
 from relayfl.config import RunConfig
-from relayfl.errors import ConfigError
+from relayfl.errors import ConfigError, RelayflError
 from relayfl.results import RunResult, dumps
 from relayfl.threads import AUTO, parse_threads, set_threads
 
@@ -123,7 +123,8 @@ class CompareSpec:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ConfigError(f"eval_every (rounds) must be >= 1, got {self.eval_every}")
-        self.config("relaysgd", self.alphas[0], self.seeds[0])  # validate the run options
+        for algorithm in self.algorithms:  # every cell's run options, before any work
+            self.config(algorithm, self.alphas[0], self.seeds[0])
 
     @property
     def eval_rounds(self) -> int:
@@ -220,6 +221,9 @@ class CompareResult:
     runs: list[RunResult]
     summary: list[dict[str, Any]]
     wall_s: float
+    #: ``completed``, or ``interrupted`` while the grid runs and when a run of it failed
+    #: or was stopped (the runs finished before are kept).
+    status: str = "completed"
 
     def save(self, out: str | Path) -> Path:
         """Write ``results.json``, ``summary.csv`` and ``runs.csv`` into ``out``."""
@@ -227,6 +231,7 @@ class CompareResult:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "results.json"
         data = {
+            "status": self.status,
             "spec": self.spec.to_dict(),
             "summary": self.summary,
             "wall_s": self.wall_s,
@@ -290,7 +295,12 @@ def _fedavg(spec: CompareSpec, config: RunConfig, task: Any) -> RunResult:
     return run_fedavg(task_app(spec.dataset), config, task=task, quiet=True)
 
 
-def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print) -> CompareResult:
+def run_compare(
+    spec: CompareSpec,
+    *,
+    log: Callable[[str], None] | None = print,
+    save_to: str | Path | None = None,
+) -> CompareResult:
     """Run every (alpha, seed, algorithm) of ``spec``; see the module docstring.
 
     Parameters
@@ -298,6 +308,10 @@ def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print)
     spec : CompareSpec
     log : callable, optional
         Receives one line per finished run (default ``print``; None for silence).
+    save_to : str or Path, optional
+        Folder to write the runs finished so far into after every run, with
+        ``"status": "interrupted"`` until the last one, so that a failure or Ctrl-C late
+        in a grid keeps what finished.
 
     Returns
     -------
@@ -324,17 +338,28 @@ def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print)
                     "star" if algorithm == "fedavg" else config.topology_name
                 )
                 done.append((algorithm, alpha, result))
+                if save_to is not None and len(done) < total:
+                    _partial(spec, done, started).save(save_to)
                 f = result.final
                 say(
                     f"[{len(done)}/{total}] {algorithm:<10} alpha={_alpha_text(alpha):<5} "
                     f"seed={seed}: mean {f.mean_accuracy:.3f}, worst {f.worst_accuracy:.3f} "
                     f"({time.perf_counter() - t:.1f} s, {result.engine})"
                 )
+    result = _partial(spec, done, started)
+    result.status = "completed"
+    return result
+
+
+def _partial(
+    spec: CompareSpec, done: list[tuple[str, float, RunResult]], started: float
+) -> CompareResult:
     return CompareResult(
         spec=spec,
         runs=[r for _, _, r in done],
         summary=_summarise(done),
         wall_s=time.perf_counter() - started,
+        status="interrupted",
     )
 
 
@@ -596,7 +621,18 @@ def run_compare_cli(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     out = check_out(spec.out)
     set_threads(args.threads)
-    result = run_compare(spec)
+    started = time.time()
+    try:
+        result = run_compare(spec, save_to=out)
+    except (RelayflError, KeyboardInterrupt):
+        saved = out / "results.json"
+        if saved.is_file() and saved.stat().st_mtime >= started:
+            print(
+                f"relayfl compare: the runs finished before are in {out}/results.json "
+                '("status": "interrupted")',
+                file=sys.stderr,
+            )
+        raise
     result.save(out)
     plot_accuracy_vs_round(result, out / "accuracy_vs_round.png")
     plot_worst_vs_alpha(result, out / "worst_vs_alpha.png")

@@ -264,3 +264,30 @@ def test_toml_quick_look_compare_learns(tmp_path: Path) -> None:
     assert sorted(rows) == sorted(QUICK_LOOK_WORST)
     for algorithm, floor in QUICK_LOOK_WORST.items():
         assert rows[algorithm]["worst_accuracy"] >= floor, (algorithm, rows[algorithm])
+
+
+def test_compare_keeps_the_runs_finished_before_a_failure(tmp_path: Path) -> None:
+    """Stopped after its first run, a grid leaves that run in results.json (interrupted)."""
+    from relayfl.compare import CompareSpec, run_compare
+
+    spec = CompareSpec(
+        clients=4, alphas=(1.0,), algorithms=("relaysgd", "dpsgd"), seeds=(0,), rounds=2
+    )
+
+    def stop(line: str) -> None:
+        raise KeyboardInterrupt  # Ctrl-C right after the first run
+
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(spec, log=stop, save_to=tmp_path)
+    data = _strict_load(tmp_path / "results.json")
+    assert data["status"] == "interrupted"
+    assert [r["config"]["algorithm"] for r in data["runs"]] == ["relaysgd"]
+
+
+def test_compare_checks_every_algorithm_before_any_work() -> None:
+    """sgp on 6 clients is refused at once, not after the relaysgd runs."""
+    from relayfl.compare import CompareSpec
+    from relayfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sgp needs a power-of-two number of clients"):
+        CompareSpec(clients=6, algorithms=("relaysgd", "sgp"), alphas=(1.0,), seeds=(0,))
