@@ -246,9 +246,11 @@ def test_readme_launch_demo_learns(tmp_path: Path) -> None:
     assert final["worst_accuracy"] >= LAUNCH_DEMO_WORST, final["accuracies"]
 
 
-# simulations/compare_digits.toml's quick look (--rounds 20 --local-steps 5 --seeds 1),
-# at its middle alpha, measured on the 2-core machine at a load of 12-18 (worst client):
-QUICK_LOOK_WORST = {"relaysgd": 0.5, "dpsgd": 0.5, "fedavg": 0.5, "allreduce": 0.5}
+# simulations/compare_digits.toml's quick look (--rounds 20 --local-steps 5 --seeds 1) at
+# its middle alpha 0.1, measured on the 2-core machine at a load of about 8 (351 s in all),
+# worst client: relaysgd 0.592, dpsgd 0.436, fedavg 0.889, allreduce 0.892 (chance: 0.1;
+# with --rounds 10 and 1 local step every algorithm stayed at chance).
+QUICK_LOOK_WORST = {"relaysgd": 0.5, "dpsgd": 0.35, "fedavg": 0.8, "allreduce": 0.8}
 
 
 @pytest.mark.slow
