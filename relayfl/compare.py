@@ -432,7 +432,7 @@ def plot_accuracy_vs_round(result: CompareResult, path: str | Path) -> Path:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         if i == 0:
-            ax.legend(fontsize=9, loc="lower right")
+            ax.legend(fontsize=9, loc="best")
     return _save(fig, path)
 
 
