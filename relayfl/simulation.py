@@ -4,7 +4,7 @@ All workers' parameters live in one flat ``Tensor[n, d]`` and their optimizer st
 in tensors of the same shape. Each step: every worker draws its batch (and dropout
 masks) from its keyed generators, one engine call gives all gradients, one
 optimizer update serves all workers, and every ``local_steps`` steps the algorithm's
-mixing step communicates (ALGORITHM.md sections 1.5, 1.6, 3).
+mixing step communicates (docs/algorithm.md sections 1.5, 1.6, 3).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def dropout_masks(
 def lr_schedule(
     config: RunConfig, parts: list[np.ndarray], graphs: tuple
 ) -> tuple[Callable[[int], float], float, float]:
-    """The learning rate per step for this run (ALGORITHM.md 1.8).
+    """The learning rate per step for this run (docs/algorithm.md 1.8).
 
     Returns ``(lr_at, correction, steps_per_epoch)``: the epoch is a worker's mean
     partition size over the batch size; ``correction`` is ``1 + mean delay`` for
