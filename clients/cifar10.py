@@ -1,4 +1,4 @@
-"""Ready Flower client: CIFAR-10, VGG-11 without BatchNorm (ALGORITHM.md 5.1), read
+"""Ready Flower client: CIFAR-10, VGG-11 without BatchNorm (docs/algorithm.md 5.1), read
 from ``data-root`` (the python-version batches); relayfl never downloads.
 
 ``task``, ``client_fn`` and ``app`` (``flwr run`` component ``clients.cifar10:app``) as

@@ -1,7 +1,7 @@
 """The communication half of each algorithm, on stacked flat models ``Tensor[n, d]``.
 
 A step of every algorithm is a local optimizer step (``x_half = x + u``) followed by a
-mixing step implemented here (ALGORITHM.md section 3):
+mixing step implemented here (docs/algorithm.md section 3):
 
 * ``relaysgd``: ``x <- RelaySum/Model(x_half)`` (section 1.5);
 * ``relaysgd-grad``: ``x <- x + RelaySum/Grad(x_half - x)`` (section 1.6);
@@ -311,7 +311,7 @@ class D2(Gossip):
     """D² / exact diffusion: gossip with a correction that removes the heterogeneity bias.
 
     ``x^{t+1} = W (x^{t+1/2} + c^t)`` and ``c^{t+1} = x^{t+1} - x^{t+1/2}``, ``c^0 = 0``
-    (ALGORITHM.md section 3), which equals
+    (docs/algorithm.md section 3), which equals
     ``W (2 x^t - x^{t-1} - lr g^t + lr g^{t-1})`` for plain SGD.
 
     Parameters are those of :class:`Gossip`.
@@ -357,7 +357,7 @@ class GradientTracking(Gossip):
     """Gradient tracking: gossip the models and a tracker of the average update.
 
     ``x^{t+1} = W (x^{t+1/2} + c^t)`` and ``c^{t+1} = W (c^t + u^t) - u^t`` with
-    ``u^t = x^{t+1/2} - x^t``, ``c^0 = 0`` (ALGORITHM.md section 3): the tracker
+    ``u^t = x^{t+1/2} - x^t``, ``c^0 = 0`` (docs/algorithm.md section 3): the tracker
     ``y = u + c`` follows ``y^{t+1} = W y^t + u^{t+1} - u^t``. Two gossips per round, so
     twice the bytes of D-PSGD.
 
@@ -404,7 +404,7 @@ class GradientTracking(Gossip):
 
 
 class TimeVaryingExponential(Mixer):
-    """SGP on the time-varying exponential graph (ALGORITHM.md sections 2.3 and 3).
+    """SGP on the time-varying exponential graph (docs/algorithm.md sections 2.3 and 3).
 
     Each mixing step runs ``rounds`` rounds (2 in the paper). In global round ``r``
     worker ``i`` sends its model to ``(i + 2^k) mod n`` and receives from

@@ -10,9 +10,9 @@ import argparse
 import logging
 import math
 import sys
-from pathlib import Path
 
 from relayfl.algorithms import ALGORITHMS
+from relayfl.cliwords import HelpFormatter, command_parser, one_line_warnings, speak_cli
 from relayfl.config import ENGINES, PRECISIONS, SPANNING, RunConfig
 from relayfl.console import summary_table
 from relayfl.errors import DivergenceError, RelayflError, RunInterrupted
@@ -20,6 +20,7 @@ from relayfl.optim import OPTIMIZERS
 from relayfl.relay import FILLS, NORMALIZATIONS
 from relayfl.results import RunResult
 from relayfl.task import DATASETS
+from relayfl.threads import AUTO, parse_threads, set_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -68,7 +69,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=d.fill,
         help="RelaySum/Model fill for missing workers; 'latest' for lossy links",
     )
-    g.add_argument("--normalization", choices=NORMALIZATIONS, default=None)
+    g.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default=None,
+        help="override the relay's normalization (default: the algorithm's own)",
+    )
     g.add_argument(
         "--drop-probability",
         dest="drop_probability",
@@ -82,9 +88,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--data-root",
         dest="data_root",
         default=None,
-        help="folder holding the data set files (fashion-mnist, mnist, cifar10)",
+        help="folder holding the data set files (fashion-mnist, mnist, cifar10; "
+        "default: the data set's standard folder)",
     )
-    g.add_argument("--model", default=None, help="small-cnn, vgg11 or mlp")
+    g.add_argument(
+        "--model", default=None, help="small-cnn, vgg11 or mlp (default: the data set's model)"
+    )
     g.add_argument("--clients", dest="num_clients", type=int, default=d.num_clients)
     g.add_argument(
         "--alpha",
@@ -104,7 +113,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         dest="eval_limit",
         type=int,
         default=None,
-        help="evaluate on the first K test samples",
+        help="evaluate on the first K test samples (default: the whole test set)",
     )
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=d.steps)
@@ -130,7 +139,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         dest="warmup_epochs",
         type=float,
         default=None,
-        help="linear warm-up (default: 5 epochs, capped at 2.5%% of the run)",
+        help="epochs of linear learning-rate warm-up (default: 5, capped at 2.5%% of the run)",
     )
     g.add_argument(
         "--milestones",
@@ -169,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser(
         "simulate",
         help="simulate N workers in one process",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_run_options(sim)
     sim.add_argument(
@@ -178,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for results.json, evaluations.csv and the PNGs",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.add_argument(
+        "--threads",
+        type=parse_threads,
+        default=AUTO,
+        help="torch CPU threads: a count, or 'auto' for the cores other work leaves idle",
+    )
     from relayfl.runs import add_long_run_options  # checkpoints, torchrun, TensorBoard
 
     add_long_run_options(sim)
@@ -194,10 +209,12 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from relayfl import partition, plots, runs
+    from relayfl.outdir import check_out
     from relayfl.simulation import simulate
 
     config = RunConfig.from_args(args)
-    out = Path(args.out)
+    out = check_out(args.out, resume=args.resume)
+    set_threads(args.threads)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="relayfl: %(message)s")
     run = runs.LongRun.from_args(args, config)  # torchrun ranks, Ctrl-C, TensorBoard
     with (
@@ -212,11 +229,13 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
             transient=False,
         ) as bar,
     ):
-        job = bar.add_task(
-            f"{config.algorithm} on {config.topology_name}", total=config.steps, acc=""
-        )
+        jobs: list = []  # the bar appears with the first step, after every check passed
 
         def progress(step: int, total: int, latest: object) -> None:
+            if not jobs:
+                name = f"{config.algorithm} on {config.topology_name}"
+                jobs.append(bar.add_task(name, total=config.steps, acc=""))
+            job = jobs[0]
             acc = getattr(latest, "worst_accuracy", None)
             if acc is not None:
                 bar.update(job, acc=f"worst acc {acc:.3f}")
@@ -255,7 +274,9 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relayfl`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    one_line_warnings()
     try:
         if args.command == "simulate":
             run_simulate(args)
@@ -268,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     except RelayflError as err:  # the one place an error becomes an exit code
         from relayfl.runs import error_line
 
-        print(error_line(err), file=sys.stderr)
+        words = speak_cli(str(err), command_parser(parser, args.command))
+        print(error_line(err, words), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("relayfl: interrupted", file=sys.stderr)

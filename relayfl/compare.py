@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import time
@@ -51,8 +50,9 @@ import numpy as np
 
 from relayfl.algorithms import ALGORITHMS
 from relayfl.config import RunConfig
-from relayfl.errors import ConfigError
-from relayfl.results import RunResult, json_default
+from relayfl.errors import ConfigError, RelayflError
+from relayfl.results import RunResult, dumps
+from relayfl.threads import AUTO, parse_threads, set_threads
 
 __all__ = [
     "COMPARE_ALGORITHMS",
@@ -139,13 +139,13 @@ class CompareSpec:
             )
         if not self.alphas or not self.seeds:
             raise ConfigError("give at least one alpha and one seed, e.g. --alpha 0.1 --seeds 1")
-        if self.rounds < 1 or self.local_steps < 1:
-            raise ConfigError(
-                f"rounds and local-steps must be >= 1, got {self.rounds} and {self.local_steps}"
-            )
+        for name in ("rounds", "local_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"eval-every (rounds) must be >= 1, got {self.eval_every}")
-        self.config("relaysgd", self.alphas[0], self.seeds[0])  # validate the run options
+            raise ConfigError(f"eval_every (rounds) must be >= 1, got {self.eval_every}")
+        for algorithm in self.algorithms:  # every cell's run options, before any work
+            self.config(algorithm, self.alphas[0], self.seeds[0])
 
     def _client_grid(self) -> None:
         """A Flower client runs relaysgd, relaysgd-grad, dpsgd and fedavg, on its own
@@ -261,6 +261,9 @@ class CompareResult:
     runs: list[RunResult]
     summary: list[dict[str, Any]]
     wall_s: float
+    #: ``completed``, or ``interrupted`` while the grid runs and when a run of it failed
+    #: or was stopped (the runs finished before are kept).
+    status: str = "completed"
 
     def save(self, out: str | Path) -> Path:
         """Write ``results.json``, ``summary.csv`` and ``runs.csv`` into ``out``."""
@@ -268,13 +271,14 @@ class CompareResult:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "results.json"
         data = {
+            "status": self.status,
             "spec": self.spec.to_dict(),
             "summary": self.summary,
             "wall_s": self.wall_s,
             "runs": [r.to_dict() for r in self.runs],
         }
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=json_default))
+        tmp.write_text(dumps(data))
         tmp.replace(path)
         _write_csv(out / "summary.csv", self.summary)
         _write_csv(out / "runs.csv", [_run_row(r) for r in self.runs])
@@ -354,7 +358,12 @@ def _client_run(spec: CompareSpec, algorithm: str, config: RunConfig) -> RunResu
     )
 
 
-def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print) -> CompareResult:
+def run_compare(
+    spec: CompareSpec,
+    *,
+    log: Callable[[str], None] | None = print,
+    save_to: str | Path | None = None,
+) -> CompareResult:
     """Run every (alpha, seed, algorithm) of ``spec``; see the module docstring.
 
     Parameters
@@ -362,6 +371,10 @@ def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print)
     spec : CompareSpec
     log : callable, optional
         Receives one line per finished run (default ``print``; None for silence).
+    save_to : str or Path, optional
+        Folder to write the runs finished so far into after every run, with
+        ``"status": "interrupted"`` until the last one, so that a failure or Ctrl-C late
+        in a grid keeps what finished.
 
     Returns
     -------
@@ -390,17 +403,28 @@ def run_compare(spec: CompareSpec, *, log: Callable[[str], None] | None = print)
                     "star" if algorithm == "fedavg" else config.topology_name
                 )
                 done.append((algorithm, alpha, result))
+                if save_to is not None and len(done) < total:
+                    _partial(spec, done, started).save(save_to)
                 f = result.final
                 say(
                     f"[{len(done)}/{total}] {algorithm:<10} alpha={_alpha_text(alpha):<5} "
                     f"seed={seed}: mean {f.mean_accuracy:.3f}, worst {f.worst_accuracy:.3f} "
                     f"({time.perf_counter() - t:.1f} s, {result.engine})"
                 )
+    result = _partial(spec, done, started)
+    result.status = "completed"
+    return result
+
+
+def _partial(
+    spec: CompareSpec, done: list[tuple[str, float, RunResult]], started: float
+) -> CompareResult:
     return CompareResult(
         spec=spec,
         runs=[r for _, _, r in done],
         summary=_summarise(done),
         wall_s=time.perf_counter() - started,
+        status="interrupted",
     )
 
 
@@ -445,7 +469,8 @@ def plot_accuracy_vs_round(result: CompareResult, path: str | Path) -> Path:
         alpha = _parse_alpha(r.config["alpha"])
         groups.setdefault((algorithm, alpha), []).append(r)
     k = len(spec.alphas)
-    fig = _figure((4.2 * k, 3.8))
+    fig = _figure((5.5 * k, 5.0))
+    count = max(len(spec.algorithms), 1)
     for i, alpha in enumerate(spec.alphas):
         ax = fig.add_subplot(1, k, i + 1)
         for j, algorithm in enumerate(spec.algorithms):
@@ -453,17 +478,26 @@ def plot_accuracy_vs_round(result: CompareResult, path: str | Path) -> Path:
             if not runs:
                 continue
             rounds, mean, worst = _curves(runs)
-            style = {"color": f"C{j % 10}", "marker": _MARKERS[j % len(_MARKERS)]}
-            style.update(markersize=3, alpha=0.85)
+            # equal curves stay visible: hollow markers and lines that shrink with the
+            # algorithm's index, so a later curve drawn on an earlier one leaves its rim
+            style = {
+                "color": f"C{j % 10}",
+                "marker": _MARKERS[j % len(_MARKERS)],
+                "markersize": 5 + 8 * (count - 1 - j) / count,
+                "markerfacecolor": "none",
+                "markeredgewidth": 1.5,
+                "linewidth": 1.0 + 3.0 * (count - 1 - j) / count,
+                "alpha": 0.85,
+            }
             ax.plot(rounds, mean, label=f"{algorithm} (mean)", **style)
             ax.plot(rounds, worst, linestyle="--", label=f"{algorithm} (worst)", **style)
         ax.set_title(f"{spec.dataset}, {spec.clients} clients, alpha={_alpha_text(alpha)}")
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         if i == 0:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=9, loc="best")
     return _save(fig, path)
 
 
@@ -473,8 +507,9 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
     alphas = sorted(spec.alphas)
     finite = all(math.isfinite(a) for a in alphas)
     xs = alphas if finite else list(range(len(alphas)))
-    fig = _figure((6.0, 4.2))
+    fig = _figure((7.5, 5.2))
     ax = fig.add_subplot()
+    count = max(len(spec.algorithms), 1)
     for j, algorithm in enumerate(spec.algorithms):
         rows = {r["alpha"]: r for r in result.summary if r["algorithm"] == algorithm}
         ys = [rows.get(_alpha_text(a), {}).get("worst_accuracy", math.nan) for a in alphas]
@@ -484,7 +519,11 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
             ys,
             yerr=es,
             marker=_MARKERS[j % len(_MARKERS)],
-            capsize=3,
+            markersize=6 + 8 * (count - 1 - j) / count,
+            markerfacecolor="none",
+            markeredgewidth=1.5,
+            capsize=4,
+            linewidth=1.0 + 3.0 * (count - 1 - j) / count,
             alpha=0.85,
             color=f"C{j % 10}",
             label=algorithm,
@@ -497,7 +536,7 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
     ax.set_ylabel("final worst-client test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=10)
     ax.set_title(f"{spec.dataset}, {spec.clients} clients, {spec.rounds} rounds")
     return _save(fig, path)
 
@@ -506,7 +545,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=150)
     return path
 
 
@@ -557,14 +596,49 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", default=None, help="a count (3: seeds 0,1,2) or a list 0,5,7")
     p.add_argument("--rounds", type=int, default=None, help="communication rounds (default 50)")
-    p.add_argument("--local-steps", dest="local_steps", type=int, default=None)
-    p.add_argument("--topology", default=None, help="override every default topology")
-    p.add_argument("--eval-every", dest="eval_every", type=int, default=None, help="rounds")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--data-root", dest="data_root", default=None)
+    p.add_argument(
+        "--local-steps",
+        dest="local_steps",
+        type=int,
+        default=None,
+        help="local steps per round (default 1)",
+    )
+    p.add_argument(
+        "--topology",
+        default=None,
+        help="override every default topology (default: each algorithm's own)",
+    )
+    p.add_argument(
+        "--eval-every",
+        dest="eval_every",
+        type=int,
+        default=None,
+        help="rounds between evaluations (default: a tenth of --rounds)",
+    )
+    d = RunConfig()
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help=f"samples per local step (default {d.batch_size})",
+    )
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {d.lr:g})")
+    p.add_argument(
+        "--data-root",
+        dest="data_root",
+        default=None,
+        help="folder holding the data set files (default: the data set's standard folder)",
+    )
     p.add_argument("--out", default=None, help="output folder (default results/compare)")
-    p.add_argument("--quiet", action="store_true", default=None)
+    p.add_argument("--quiet", action="store_true", default=None, help="no per-run lines")
+    p.add_argument(
+        "--threads",
+        type=parse_threads,
+        default=AUTO,
+        help="torch CPU threads of the simulator runs: a count, or 'auto' for the cores "
+        "other work leaves idle (default: auto)",
+    )
     p.add_argument(
         "--client",
         default=None,
@@ -630,9 +704,23 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
 
 def run_compare_cli(args: argparse.Namespace) -> int:
     """``relayfl compare``: run, print the table, write the files."""
+    from relayfl.outdir import check_out
+
     spec = spec_from_args(args)
-    result = run_compare(spec)
-    out = Path(spec.out)
+    out = check_out(spec.out)
+    set_threads(args.threads)
+    started = time.time()
+    try:
+        result = run_compare(spec, save_to=out)
+    except (RelayflError, KeyboardInterrupt):
+        saved = out / "results.json"
+        if saved.is_file() and saved.stat().st_mtime >= started:
+            print(
+                f"relayfl compare: the runs finished before are in {out}/results.json "
+                '("status": "interrupted")',
+                file=sys.stderr,
+            )
+        raise
     result.save(out)
     plot_accuracy_vs_round(result, out / "accuracy_vs_round.png")
     plot_worst_vs_alpha(result, out / "worst_vs_alpha.png")

@@ -49,7 +49,7 @@ class RunConfig:
     alpha : float
         Dirichlet concentration; ``math.inf`` (CLI ``--alpha iid``) gives an IID split.
     even_split : bool
-        The paper's even re-split after the Dirichlet draw (ALGORITHM.md section 4).
+        The paper's even re-split after the Dirichlet draw (docs/algorithm.md section 4).
     dataset : str
         Built-in dataset, when the run is started by name.
     data_root : str, optional

@@ -5,7 +5,7 @@ Every image loader returns a :class:`Dataset` of normalised ``float32`` tensors 
 raises :class:`~relayfl.errors.DataError`, whose one-line message names the folders searched,
 the files expected there and how to get them.
 
-The random quadratics of ALGORITHM.md section 5.5 live here too (:func:`random_quadratics`),
+The random quadratics of docs/algorithm.md section 5.5 live here too (:func:`random_quadratics`),
 as they are the synthetic "data set" behind figure 2.
 """
 
@@ -56,7 +56,7 @@ FASHION_MNIST_MEAN: tuple[float, ...] = (0.2860,)
 FASHION_MNIST_STD: tuple[float, ...] = (0.3530,)
 MNIST_MEAN: tuple[float, ...] = (0.1307,)
 MNIST_STD: tuple[float, ...] = (0.3081,)
-#: Per-channel statistics of ALGORITHM.md section 5.1.
+#: Per-channel statistics of docs/algorithm.md section 5.1.
 CIFAR10_MEAN: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, ...] = (0.2023, 0.1994, 0.2010)
 
@@ -458,7 +458,7 @@ def load_cifar10(
     -------
     Dataset
         ``x_train`` is Tensor[50000, 3, 32, 32], normalised per channel with the mean
-        (0.4914, 0.4822, 0.4465) and std (0.2023, 0.1994, 0.2010) of ALGORITHM.md section 5.1.
+        (0.4914, 0.4822, 0.4465) and std (0.2023, 0.1994, 0.2010) of docs/algorithm.md section 5.1.
 
     Raises
     ------
@@ -554,7 +554,7 @@ def load(name: str, *, root: str | Path | None = None, **options: Any) -> Datase
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Quadratics:
-    """Random distributed quadratics of ALGORITHM.md section 5.5 (paper appendix B.4).
+    """Random distributed quadratics of docs/algorithm.md section 5.5 (paper appendix B.4).
 
     Worker ``i`` holds ``f_i(x) = ½ ||A_i x - b_i||²``, so its gradient is
     ``A_iᵀ(A_i x - b_i)``, and the global objective is ``f(x) = (1/n) Σ_i f_i(x)``.
@@ -686,7 +686,7 @@ def random_quadratics(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
 ) -> Quadratics:
-    """Generate the random quadratics of ALGORITHM.md section 5.5.
+    """Generate the random quadratics of docs/algorithm.md section 5.5.
 
     Parameters
     ----------

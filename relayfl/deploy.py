@@ -105,7 +105,8 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: argparse._SubParsersAction, add_run_options: Callable) -> None:
     """Register ``node``, ``launch`` and ``certs`` on the ``relayfl`` parser."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from relayfl.cliwords import HelpFormatter as fmt
+
     node = sub.add_parser(
         "node",
         help="run one worker on this device, relaying with its neighbours (no server)",
@@ -263,8 +264,10 @@ def launch_main(args: argparse.Namespace) -> int:
         kills.append((int(node), int(step)))
     if args.insecure and args.certificates:
         raise ConfigError("pass either --certificates DIR or --insecure, not both")
+    from relayfl.outdir import check_out
+
     options = LaunchOptions(
-        out=Path(args.out),
+        out=check_out(args.out),
         insecure=args.insecure,
         certificates=Path(args.certificates) if args.certificates else None,
         mutual_tls=args.mutual_tls is not False,

@@ -1,7 +1,7 @@
 """Models: a small CNN for digits and MNIST-sized images, VGG-11 for CIFAR-10, and an MLP.
 
 No model here has a normalisation layer: BatchNorm's running statistics are state outside
-the parameters, which decentralized averaging would not mix (ALGORITHM.md section 5.1 uses
+the parameters, which decentralized averaging would not mix (docs/algorithm.md section 5.1 uses
 VGG-11 *without* batch norm for the same reason). Every model is a plain ``nn.Module`` whose
 parameters ``torch.func.functional_call`` can swap.
 """
@@ -120,7 +120,7 @@ class _VGG(nn.Module):
 
 
 def vgg11(num_classes: int = 10, *, in_channels: int = 3) -> nn.Module:
-    """VGG-11 (configuration "A") without batch norm, as in ALGORITHM.md section 5.1.
+    """VGG-11 (configuration "A") without batch norm, as in docs/algorithm.md section 5.1.
 
     Parameters
     ----------

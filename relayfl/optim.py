@@ -2,7 +2,7 @@
 
 Every tensor is ``Tensor[n, d]``: one row per worker. The updates are elementwise, so
 one call serves all workers at once (and a single worker, ``n = 1``, in a node).
-Momentum buffers are local state and are never communicated (ALGORITHM.md 1.5).
+Momentum buffers are local state and are never communicated (docs/algorithm.md 1.5).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
 @dataclass
 class SGD:
-    """SGD with coupled weight decay and (Nesterov) momentum (ALGORITHM.md 1.5).
+    """SGD with coupled weight decay and (Nesterov) momentum (docs/algorithm.md 1.5).
 
     ``g <- g + wd * x``; ``b <- mu * b + g``; ``x <- x - lr * (g + mu * b)`` (Nesterov)
     or ``x - lr * b``. Buffers start at zero, as PyTorch's functional SGD.
@@ -78,7 +78,7 @@ class SGD:
 
 @dataclass
 class Adam:
-    """Adam with bias correction and coupled weight decay (ALGORITHM.md 1.5)."""
+    """Adam with bias correction and coupled weight decay (docs/algorithm.md 1.5)."""
 
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -111,7 +111,7 @@ class Adam:
 
 @dataclass
 class QuasiGlobalSGD:
-    """SGD with quasi-global momentum (Lin et al., ICML 2021; ALGORITHM.md section 3).
+    """SGD with quasi-global momentum (Lin et al., ICML 2021; docs/algorithm.md section 3).
 
     The local step uses a *temporary* Nesterov buffer built from the quasi-global
     momentum ``m``: ``b = mu * m + g`` and ``x_half = x - lr * (g + mu * b)`` (or
@@ -184,14 +184,14 @@ def make_optimizer(
     raise ConfigError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
-#: The paper's warm-up: 5 epochs of a 200-epoch run (ALGORITHM.md 1.8).
+#: The paper's warm-up: 5 epochs of a 200-epoch run (docs/algorithm.md 1.8).
 WARMUP_EPOCHS: float = 5.0
 #: The default warm-up is capped at this fraction of the run (the paper's 5 of 200).
 WARMUP_FRACTION: float = 0.025
 
 
 def warmup_length(requested: float | None, run_epochs: float) -> float:
-    """The warm-up in epochs for a run of ``run_epochs`` epochs (ALGORITHM.md 1.8).
+    """The warm-up in epochs for a run of ``run_epochs`` epochs (docs/algorithm.md 1.8).
 
     ``None`` (the default) gives the paper's 5 epochs, capped at ``WARMUP_FRACTION``
     (2.5%) of the run, so a short run reaches its peak learning rate early instead of
@@ -230,7 +230,7 @@ def learning_rate(
     world_size: int = 2,
     enabled: bool = True,
 ) -> float:
-    """The paper's schedule (ALGORITHM.md 1.8), with milestones as fractions of the run.
+    """The paper's schedule (docs/algorithm.md 1.8), with milestones as fractions of the run.
 
     ``lr = base * min(e / warmup, 1) * decay ** #{milestones passed}``, where
     ``e = step / steps_per_epoch`` is the fractional epoch and ``warmup`` is

@@ -1,4 +1,4 @@
-"""Index splits of a training set over workers: Dirichlet label skew and IID (ALGORITHM.md §4).
+"""Index splits of a training set over workers: Dirichlet label skew and IID (docs/algorithm.md §4).
 
 :func:`dirichlet` is the paper's procedure (``distribute_data_dirichlet`` followed by the even
 redistribution of ``PyTorchDataset.dirichlet_split``), made robust where the original is not:
@@ -88,7 +88,7 @@ def dirichlet(
 
     Notes
     -----
-    ALGORITHM.md §4, steps 1-5, and invariant 16 of §7:
+    docs/algorithm.md §4, steps 1-5, and invariant 16 of §7:
 
     1. Shuffle the ``(index, label)`` pairs with ``np.random.RandomState(seed)``.
     2. Cut them into ``ceil(n / workers_per_chunk)`` consecutive chunks; each but the last
@@ -186,7 +186,7 @@ def iid(num_samples: int, num_clients: int, seed: int = 0) -> list[np.ndarray]:
 
     Notes
     -----
-    The all-reduce baseline's ``data_split_method="random"`` (ALGORITHM.md §4); the paper
+    The all-reduce baseline's ``data_split_method="random"`` (docs/algorithm.md §4); the paper
     uses ``torch.utils.data.random_split``, so its exact indices differ.
     """
     if _not_int(num_samples) or num_samples < 1:
@@ -273,7 +273,7 @@ def label_concentration(labels: Any, parts: Sequence[np.ndarray]) -> float:
 
     Notes
     -----
-    The "top-class share" of ALGORITHM.md §4; it grows as alpha shrinks (§7, invariant 16).
+    The "top-class share" of docs/algorithm.md §4; it grows as alpha shrinks (§7, invariant 16).
     """
     matrix = count_matrix(labels, parts)  # [clients, classes]
     sizes = matrix.sum(axis=1)  # [clients]
@@ -357,7 +357,7 @@ def _dirichlet_buckets(
     workers_per_chunk: int,
     max_retries: int,
 ) -> tuple[list[np.ndarray], list[int]]:
-    """Run steps 1-3 of ALGORITHM.md §4 on validated input.
+    """Run steps 1-3 of docs/algorithm.md §4 on validated input.
 
     Returns
     -------
@@ -408,7 +408,7 @@ def _split_chunk(
     max_retries: int,
     context: str,
 ) -> tuple[list[np.ndarray], int]:
-    """Step 3 of ALGORITHM.md §4 for one chunk of ``m`` workers; returns buckets and retries.
+    """Step 3 of docs/algorithm.md §4 for one chunk of ``m`` workers; returns buckets and retries.
 
     Each attempt draws the rows of all classes at once (the same random stream as one draw
     per class) and then places the classes in order with Python floats, which repeat numpy's

@@ -1,4 +1,4 @@
-"""RelaySum: the exact-averaging mechanism of RelaySGD (ALGORITHM.md section 1).
+"""RelaySum: the exact-averaging mechanism of RelaySGD (docs/algorithm.md section 1).
 
 Pure tensor code, no I/O and no threads. Two views of one mechanism:
 
@@ -10,7 +10,7 @@ Pure tensor code, no I/O and no threads. Two views of one mechanism:
 Both call the same three functions, :func:`outgoing`, :func:`combine` and
 :func:`average`, and a test proves they give identical results.
 
-Notation (ALGORITHM.md): ``v`` value shared at this step, ``m``/``c`` message/count on a
+Notation (docs/algorithm.md): ``v`` value shared at this step, ``m``/``c`` message/count on a
 directed edge, ``S``/``C`` a worker's sum and count, ``n`` workers, ``d`` flat length,
 ``e`` directed edges.
 """
@@ -58,7 +58,7 @@ FILLS: tuple[str, ...] = ("initial", "latest")
 def outgoing(
     total: Tensor, back: Tensor, c_total: Tensor, c_back: Tensor, *, out: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Messages and counts a sender puts on its edges (ALGORITHM.md section 1.1).
+    """Messages and counts a sender puts on its edges (docs/algorithm.md section 1.1).
 
     ``m_{i->j} = v_i + sum_{k in N_i} m_{k->i} - m_{j->i}``: the sender's fresh value
     plus everything it received at the previous step except what came from ``j``. The
@@ -194,7 +194,7 @@ def tree_slices(num_trees: int) -> list[slice]:
     """Flat-vector slice handled by each tree: tree k takes indices ``k::num_trees``.
 
     With double binary trees, tree 0 relays the even and tree 1 the odd flat indices
-    (ALGORITHM.md section 2.2).
+    (docs/algorithm.md section 2.2).
     """
     return [slice(k, None, num_trees) for k in range(num_trees)]
 
@@ -454,7 +454,7 @@ class RelaySum:
 
     Notes
     -----
-    Synchronous mode (ALGORITHM.md sections 1.1-1.3): a worker at tree distance ``d``
+    Synchronous mode (docs/algorithm.md sections 1.1-1.3): a worker at tree distance ``d``
     contributes its value from ``max(d - 1, 0)`` steps earlier. Sums are kept in at
     least float32 (:func:`message_dtype`).
     """

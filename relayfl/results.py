@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
@@ -20,6 +21,7 @@ __all__ = [
     "STATUSES",
     "EvalRecord",
     "RunResult",
+    "dumps",
     "json_default",
     "library_versions",
 ]
@@ -120,6 +122,11 @@ class RunResult:
     #: ``relay.Layout`` of the flat vector, to unpack ``models`` into named tensors.
     layout: Any = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # the topology actually used, not None for "the algorithm's default"
+        if self.config.get("topology") is None and self.topology.get("name"):
+            self.config = {**self.config, "topology": self.topology["name"]}
+
     @property
     def final(self) -> EvalRecord:
         """The last evaluation."""
@@ -179,7 +186,7 @@ class RunResult:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "results.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=json_default))
+        tmp.write_text(dumps(self.to_dict()))
         tmp.replace(path)  # never a half-written results.json
         self.write_csv(out / "evaluations.csv")
         return path
@@ -206,6 +213,34 @@ class RunResult:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+def _strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    if hasattr(obj, "tolist"):  # tensors and arrays, after conversion
+        return _strict(obj.tolist())
+    return obj
+
+
+def dumps(data: Any, *, indent: int | None = 1) -> str:
+    """Strict JSON text of ``data``: NaN and infinities become ``null``.
+
+    Python's ``json`` writes ``NaN`` and ``Infinity`` by default, which is not JSON
+    (RFC 8259): ``jq``, JavaScript and most other readers reject the file. Tensors and
+    arrays are written as lists, paths as strings.
+
+    Raises
+    ------
+    TypeError
+        A value that is neither JSON, a tensor/array nor a path.
+    """
+    return json.dumps(_strict(data), indent=indent, default=json_default, allow_nan=False)
+
+
 def json_default(obj: Any) -> Any:
     """``json.dumps(default=)`` for tensors and arrays (``tolist``) and paths."""
     if hasattr(obj, "tolist"):
@@ -216,9 +251,14 @@ def json_default(obj: Any) -> Any:
 
 
 def library_versions(*extra: str) -> dict[str, str]:
-    """Versions of Python and the libraries a run depends on."""
+    """Versions of Python and the libraries a run depends on.
+
+    Read from the installed distributions' metadata (``importlib.metadata``), so asking
+    for ``flwr`` never imports it.
+    """
     out = {"python": platform.python_version()}
-    for name in ("relayfl", "torch", "numpy", "networkx", *extra):
+    core = ("relayfl", "torch", "torchvision", "numpy", "scikit-learn", "networkx", "flwr")
+    for name in dict.fromkeys((*core, *extra)):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -180,13 +180,14 @@ def _rank_prefix() -> str:
     return f"rank {os.environ.get('RANK', '0')}: " if launched() else ""
 
 
-def error_line(err: RelayflError) -> str:
-    """The one line the CLI prints; under torchrun it names the rank, and it goes into
-    torchrun's error file so its ``ChildFailedError`` summary names the cause."""
+def error_line(err: RelayflError, text: str | None = None) -> str:
+    """The one line the CLI prints (``text``, default ``str(err)``); under torchrun it
+    names the rank, and it goes into torchrun's error file so its ``ChildFailedError``
+    summary names the cause."""
     from relayfl.distributed import DistributedError, launched
 
     prefix = "" if isinstance(err, DistributedError) else _rank_prefix()
-    line = f"relayfl: error: {prefix}{err}"
+    line = f"relayfl: error: {prefix}{err if text is None else text}"
     if launched() and os.environ.get("TORCHELASTIC_ERROR_FILE"):
         from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 

@@ -4,7 +4,7 @@ All workers' parameters live in one flat ``Tensor[n, d]`` and their optimizer st
 in tensors of the same shape. Each step: every worker draws its batch (and dropout
 masks) from its keyed generators, one engine call gives all gradients, one
 optimizer update serves all workers, and every ``local_steps`` steps the algorithm's
-mixing step communicates (ALGORITHM.md sections 1.5, 1.6, 3).
+mixing step communicates (docs/algorithm.md sections 1.5, 1.6, 3).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from relayfl import divergence, partition, rng, topology
+from relayfl import divergence, partition, rng, sizes, topology
 from relayfl.algorithms import Mixer, local_optimizer, make_mixer
 from relayfl.checkpoint import Checkpointer, SimulationState
 from relayfl.config import RunConfig
@@ -184,7 +184,7 @@ def dropout_masks(
 def lr_schedule(
     config: RunConfig, parts: list[np.ndarray], graphs: tuple
 ) -> tuple[Callable[[int], float], float, float]:
-    """The learning rate per step for this run (ALGORITHM.md 1.8).
+    """The learning rate per step for this run (docs/algorithm.md 1.8).
 
     Returns ``(lr_at, correction, steps_per_epoch)``: the epoch is a worker's mean
     partition size over the batch size; ``correction`` is ``1 + mean delay`` for
@@ -340,6 +340,16 @@ def simulate(
         raise ConfigError("resume=True needs checkpoint_dir (the run's --out folder)")
 
     fm = FunctionalModel(task.init_model(config.seed), task.loss_fn).to(device)
+    if shard is None or shard.rank == 0:  # one warning per run, not one per rank
+        sizes.warn_small_partitions([len(p) for p in parts], config.batch_size)
+    sizes.check_memory(
+        fm.model,
+        task.x_train[: sizes.PROBE_BATCH].to(device),
+        workers=len(clients),
+        batch_size=config.batch_size,
+        batched=config.engine != "loop",
+        device=device,
+    )
     x = fm.x0.unsqueeze(0).repeat(len(clients), 1)  # [n, d] ([n_k, d] on a rank)
     data = ClientData.from_task(task, parts, config, device)
     x_test = task.x_test[: config.eval_limit].to(device)

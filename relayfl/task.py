@@ -169,7 +169,7 @@ def _check_tensor(name: str, which: str, value: object) -> None:
 
 
 def _flip_crop(pad: int) -> Callable[[Tensor, torch.Generator], Tensor]:
-    """Random crop with zero padding and random horizontal flip (CIFAR, ALGORITHM.md 5.1)."""
+    """Random crop with zero padding and random horizontal flip (CIFAR, docs/algorithm.md 5.1)."""
 
     def augment(x: Tensor, gen: torch.Generator) -> Tensor:
         B, _, H, W = x.shape

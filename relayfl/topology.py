@@ -2,7 +2,7 @@
 
 A topology is a plain undirected :class:`networkx.Graph` whose nodes are the workers
 ``0..n-1``. Constructors (:func:`chain`, :func:`binary_tree`, ...) follow the numbering of
-the RelaySum paper code (ALGORITHM.md section 2). :func:`build` maps the kebab-case names
+the RelaySum paper code (docs/algorithm.md section 2). :func:`build` maps the kebab-case names
 used on the CLI and in Flower's run config to graphs, and also reads graphs from files
 (:func:`load_graph`). :func:`validate` and :func:`require_tree` check a graph at the
 boundary; the metrics (:func:`distances`, :func:`delays`, :func:`delay_correction`,
@@ -16,6 +16,7 @@ library, and never reads a config object.
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from os import PathLike
 from pathlib import Path
@@ -83,7 +84,7 @@ _TREE_HINT = (
 
 
 # --------------------------------------------------------------------------------------
-# Constructors (ALGORITHM.md section 2)
+# Constructors (docs/algorithm.md section 2)
 # --------------------------------------------------------------------------------------
 
 
@@ -126,7 +127,7 @@ def chain(n: int) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.1 (``ChainTopology``). RelaySum runs on the chain, which is a
+    docs/algorithm.md section 2.1 (``ChainTopology``). RelaySum runs on the chain, which is a
     spanning tree of the ring the gossip baselines use.
 
     Examples
@@ -161,7 +162,7 @@ def ring(n: int) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.1 (``RingTopology``), used by the gossip baselines.
+    docs/algorithm.md section 2.1 (``RingTopology``), used by the gossip baselines.
 
     Examples
     --------
@@ -194,7 +195,7 @@ def star(n: int) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.1 (``StarTopology``); used in the appendix simulations.
+    docs/algorithm.md section 2.1 (``StarTopology``); used in the appendix simulations.
     """
     n = _check_n(n, "star")
     graph = _empty(n)
@@ -222,7 +223,7 @@ def fully_connected(n: int) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.1; used for all-reduce only.
+    docs/algorithm.md section 2.1; used for all-reduce only.
     """
     n = _check_n(n, "fully_connected")
     graph = _empty(n)
@@ -251,7 +252,7 @@ def exponential(n: int) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.3. ``sgp`` runs its *time-varying* version (one peer per
+    docs/algorithm.md section 2.3. ``sgp`` runs its *time-varying* version (one peer per
     round, ``n`` a power of two) on this topology name; gossip on it uses the static graph.
 
     Examples
@@ -292,7 +293,7 @@ def binary_tree(n: int, *, reverse: bool = False) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.1 and invariant 1 of section 7: for ``n = 16`` the diameter is
+    docs/algorithm.md section 2.1 and invariant 1 of section 7: for ``n = 16`` the diameter is
     6, the maximum degree 3 and the leaves are ``{0, 8..15}``.
 
     Examples
@@ -337,7 +338,7 @@ def tree(n: int, *, max_degree: int = 3) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.1 ("3-tree"); for ``n = 16`` and ``max_degree = 3`` the diameter
+    docs/algorithm.md section 2.1 ("3-tree"); for ``n = 16`` and ``max_degree = 3`` the diameter
     is 6 and ``1 + mean delay`` is 3.258 (section 1.8).
 
     Examples
@@ -378,7 +379,7 @@ def double_binary_trees(n: int) -> tuple[nx.Graph, nx.Graph]:
 
     Notes
     -----
-    ALGORITHM.md section 2.2 and invariant 2 of section 7: for ``n = 16``,
+    docs/algorithm.md section 2.2 and invariant 2 of section 7: for ``n = 16``,
     ``deg_A(i) + deg_B(i)`` is 4 for workers 1..14 and 2 for workers 0 and 15, and no worker
     is internal in both trees.
     """
@@ -398,7 +399,7 @@ def social_network() -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.4. The order is the one ``networkx.convert_node_labels_to_integers``
+    docs/algorithm.md section 2.4. The order is the one ``networkx.convert_node_labels_to_integers``
     gives, as in the paper code, so root ``r`` here is root ``r`` of figure 3.
     """
     davis = nx.davis_southern_women_graph()
@@ -450,7 +451,7 @@ def validate(graph: nx.Graph) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2: every worker ``0..n-1`` must reach every other one, or the
+    docs/algorithm.md section 2: every worker ``0..n-1`` must reach every other one, or the
     averages of sections 1.2 and 2.5 cannot reach consensus.
 
     Examples
@@ -535,7 +536,7 @@ def require_tree(graph: nx.Graph) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 1.1: RelaySum avoids double counting only on a tree.
+    docs/algorithm.md section 1.1: RelaySum avoids double counting only on a tree.
 
     Examples
     --------
@@ -550,7 +551,7 @@ def require_tree(graph: nx.Graph) -> nx.Graph:
 
 
 # --------------------------------------------------------------------------------------
-# Spanning trees (ALGORITHM.md section 2.4)
+# Spanning trees (docs/algorithm.md section 2.4)
 # --------------------------------------------------------------------------------------
 
 
@@ -666,7 +667,7 @@ def spanning_tree(graph: nx.Graph, root: int = 0) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2.4 (``SocialNetworkTreeTopology``), which defines the tree as the
+    docs/algorithm.md section 2.4 (``SocialNetworkTreeTopology``), which defines the tree as the
     union of ``sorted(nx.all_shortest_paths(graph, root, v))[0]``. This function gives the
     same tree in ``O(n + |E|)`` with one breadth-first search that visits neighbours in
     increasing order, instead of enumerating all shortest paths.
@@ -712,7 +713,7 @@ def minimum_diameter_spanning_tree(graph: nx.Graph) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md sections 1.8 and 2.4: the relay delays grow with tree distances, so a
+    docs/algorithm.md sections 1.8 and 2.4: the relay delays grow with tree distances, so a
     small diameter gives fast finite-time averaging (section 7, invariant 5). For an
     unweighted graph the minimum diameter over all spanning trees is twice the absolute
     radius, reached by the shortest-path tree from the absolute 1-center, which lies on a
@@ -871,7 +872,7 @@ def load_graph(path: str | PathLike[str]) -> nx.Graph:
 
     Notes
     -----
-    ALGORITHM.md section 2; a real deployment reads each worker's ``"address"`` from here.
+    docs/algorithm.md section 2; a real deployment reads each worker's ``"address"`` from here.
 
     Examples
     --------
@@ -948,7 +949,7 @@ def build(
 
     Notes
     -----
-    ALGORITHM.md sections 2.1-2.4 (``configure_topology`` in the paper code).
+    docs/algorithm.md sections 2.1-2.4 (``configure_topology`` in the paper code).
 
     Examples
     --------
@@ -1001,6 +1002,11 @@ def build(
                 f"pass num_nodes={n} or None"
             )
         graphs = (graph,)
+    elif Path(name).suffix or "/" in name or os.sep in name:  # a path, not a name
+        raise ConfigError(
+            f"topology file {name!r} does not exist; check the path, or use one of "
+            f"{', '.join(NAMES)}"
+        )
     else:
         raise ConfigError(
             f"unknown topology {name!r}; use one of {', '.join(NAMES)}, "
@@ -1016,7 +1022,7 @@ def build(
 
 
 # --------------------------------------------------------------------------------------
-# Metrics (ALGORITHM.md sections 1.3, 1.8, 2.5)
+# Metrics (docs/algorithm.md sections 1.3, 1.8, 2.5)
 # --------------------------------------------------------------------------------------
 
 
@@ -1052,7 +1058,7 @@ def neighbors(graph: nx.Graph, i: int) -> list[int]:
     Returns
     -------
     list[int]
-        ``N_i`` of ALGORITHM.md section 1.1, in increasing order.
+        ``N_i`` of docs/algorithm.md section 1.1, in increasing order.
 
     Raises
     ------
@@ -1061,7 +1067,7 @@ def neighbors(graph: nx.Graph, i: int) -> list[int]:
 
     Notes
     -----
-    ALGORITHM.md section 1.1. This does not call :func:`validate`, so it is cheap to call
+    docs/algorithm.md section 1.1. This does not call :func:`validate`, so it is cheap to call
     per worker.
     """
     if not _is_int(i) or i not in graph:
@@ -1092,7 +1098,7 @@ def distances(graph: nx.Graph) -> npt.NDArray[np.int64]:
 
     Notes
     -----
-    ALGORITHM.md section 1.1 (``d_ik``) and 1.3.
+    docs/algorithm.md section 1.1 (``d_ik``) and 1.3.
 
     Examples
     --------
@@ -1123,7 +1129,7 @@ def diameter(graph: nx.Graph) -> int:
 
     Notes
     -----
-    ALGORITHM.md section 7, invariant 5: on a tree the relay averages exactly from step
+    docs/algorithm.md section 7, invariant 5: on a tree the relay averages exactly from step
     ``D - 1`` on.
     """
     return int(distances(graph).max())
@@ -1149,7 +1155,7 @@ def max_degree(graph: nx.Graph) -> int:
 
     Notes
     -----
-    ALGORITHM.md section 7, invariant 14.
+    docs/algorithm.md section 7, invariant 14.
     """
     validate(graph)
     return max(int(d) for _, d in graph.degree())
@@ -1175,7 +1181,7 @@ def delays(graph: nx.Graph) -> npt.NDArray[np.int64]:
 
     Notes
     -----
-    ALGORITHM.md section 1.3, synchronous mode (``overlap_communication=False``): own and
+    docs/algorithm.md section 1.3, synchronous mode (``overlap_communication=False``): own and
     neighbour values arrive without delay. With overlap the delay would be ``d_ik``.
     """
     return np.maximum(distances(graph) - 1, 0)
@@ -1202,7 +1208,7 @@ def delay_correction(graph: nx.Graph) -> float:
 
     Notes
     -----
-    ALGORITHM.md section 1.8 and section 7, invariant 8: 5.375 for chain-16, 3.3203 for
+    docs/algorithm.md section 1.8 and section 7, invariant 8: 5.375 for chain-16, 3.3203 for
     binary-tree-16, 3.258 for the 3-tree of 16, 1.8203 for star-16 and 1 for ``n <= 2``.
 
     Examples
@@ -1239,7 +1245,7 @@ def gossip_weights(graph: nx.Graph, *, weight: float | None = None) -> npt.NDArr
 
     Notes
     -----
-    ALGORITHM.md section 2.5 (``Topology.gossip_matrix``) and section 7, invariant 3: every
+    docs/algorithm.md section 2.5 (``Topology.gossip_matrix``) and section 7, invariant 3: every
     entry is 1/3 on a ring; on a binary tree the edges are 1/4, internal workers keep 1/4
     and leaves 3/4; the ends of a chain keep 2/3.
 
@@ -1292,7 +1298,7 @@ def edge_index(
 
     Notes
     -----
-    ALGORITHM.md sections 1.1 and 1.9: one message and one count live on each directed
+    docs/algorithm.md sections 1.1 and 1.9: one message and one count live on each directed
     edge, and a worker relays everything it received except the message from the
     recipient, which is ``msgs[rev]``.
 
@@ -1332,7 +1338,7 @@ def describe(graph: nx.Graph) -> dict[str, Any]:
 
     Notes
     -----
-    ALGORITHM.md sections 1.8 and 2.
+    docs/algorithm.md sections 1.8 and 2.
 
     Examples
     --------

@@ -11,7 +11,7 @@ Algorithm = Literal[
     "relaysgd", "relaysgd-grad", "dpsgd", "d2", "gradient-tracking", "qgm", "sgp", "allreduce"
 ]
 
-#: How a RelaySum sum S_i becomes an average (ALGORITHM.md section 1.2).
+#: How a RelaySum sum S_i becomes an average (docs/algorithm.md section 1.2).
 Normalization = Literal["world_size", "counts", "sum"]
 
 #: What stands in for workers whose models have not arrived (section 1.2(1)).

@@ -14,7 +14,7 @@ but a small CNN and a few epochs, so the whole table fits on 2 CPU cores:
   x0.1 at 75% and 90% of the run (the paper's 150/200 and 180/200 epochs);
 * metric: each worker's test accuracy at the end of training, then the worst worker
   (also the mean over workers), then the mean over seeds 0, 1, 2 (the paper averages
-  each worker's last two evaluations first, ALGORITHM.md 5.1; one evaluation here, to
+  each worker's last two evaluations first, docs/algorithm.md 5.1; one evaluation here, to
   save CPU time);
 * learning rates tuned on a small grid (section 5.1: x{1/2, 1, 2} of a base rate) at
   alpha = 0.1 and seed 0 only, then fixed for every alpha and seed; RelaySGD's grid is
@@ -107,7 +107,7 @@ TABLE5_ROWS = (
 )
 TABLE5_ALPHA = 0.01
 
-#: Paper Table 2 (ALGORITHM.md 6.1, CIFAR-10/VGG-11, worst worker): alpha = 1 / .1 / .01.
+#: Paper Table 2 (docs/algorithm.md 6.1, CIFAR-10/VGG-11, worst worker): alpha = 1 / .1 / .01.
 PAPER_TABLE2 = {
     "allreduce-fully-connected-0": "87.0 / 87.0 / 87.0",
     "allreduce-fully-connected-m": "90.2 / 90.2 / 90.2",
@@ -547,7 +547,7 @@ def report() -> None:
         ),
         "",
         "Worst-worker test accuracy in % (mean ± sample std over the seeds) with each "
-        "received message dropped independently with probability p (ALGORITHM.md 1.4; "
+        "received message dropped independently with probability p (docs/algorithm.md 1.4; "
         "seeded per receiver and step):",
         "",
         markdown_table(

@@ -1,6 +1,6 @@
 """Figure 2: steps to reach f(x̄) - f* <= 1e-6 on random quadratics, vs ζ² and vs n.
 
-Paper setting (ALGORITHM.md sections 5.5 and 6.5): d = 10, mu = 0.5, L = 1, σ = 0,
+Paper setting (docs/algorithm.md sections 5.5 and 6.5): d = 10, mu = 0.5, L = 1, σ = 0,
 10 seeds, every worker starts at 0, constant learning rate tuned per cell on 2^(k/2),
 then refined on 2^(j/8) around the best (the fewest mean steps over the seeds; a rate
 counts only if every seed reaches the target), at most 20,000 steps. relayfl's f
@@ -62,7 +62,7 @@ PANEL2_N = (6, 12, 24, 48, 96)
 SGP_N = (4, 8, 16, 32, 64)
 PANEL3_ZETA2 = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
 
-#: Paper's panel 2 (ALGORITHM.md 6.5): mean steps to 1e-6, ζ² = 0.01 / 1 where they differ.
+#: Paper's panel 2 (docs/algorithm.md 6.5): mean steps to 1e-6, ζ² = 0.01 / 1 where they differ.
 PAPER_PANEL2 = {
     "RelaySGD, binary tree": "15, 21, 27, 33, 36",
     "RelaySGD, chain": "21, 38, 70, 128, 243",
@@ -274,7 +274,7 @@ def main() -> None:
             "",
         ]
     lines += [
-        "Paper (ALGORITHM.md 6.5, n = 6, 12, 24, 48, 96):",
+        "Paper (docs/algorithm.md 6.5, n = 6, 12, 24, 48, 96):",
         "",
         markdown_table(["algorithm", "paper steps"], list(PAPER_PANEL2.items())),
         "",

@@ -1,6 +1,6 @@
 """Figure 3: RelaySGD on every spanning tree of a social network vs gossip on the graph.
 
-Paper setting (ALGORITHM.md sections 2.4 and 5.6): the Davis southern women graph
+Paper setting (docs/algorithm.md sections 2.4 and 5.6): the Davis southern women graph
 (32 workers, 89 edges), random quadratics with d = 10, ζ² = 0.1 and gradient noise
 σ = 0.1. RelaySGD with learning rate 0.3 on each of the 32 shortest-path spanning trees
 (one per root, :func:`relayfl.topology.spanning_tree`); D-PSGD on the full graph with

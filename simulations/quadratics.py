@@ -1,4 +1,4 @@
-"""Random quadratics (ALGORITHM.md section 5.5) run with relayfl's own mixers, vectorized.
+"""Random quadratics (docs/algorithm.md section 5.5) run with relayfl's own mixers, vectorized.
 
 The mixers act column by column on stacked models ``[n, D]``, so one run can carry
 ``S`` seeds (problems) times ``L`` learning rates at once: worker ``i``'s row holds its

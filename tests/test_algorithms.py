@@ -1,4 +1,4 @@
-"""The baselines of ALGORITHM.md section 3: D², gradient tracking, QGM and SGP.
+"""The baselines of docs/algorithm.md section 3: D², gradient tracking, QGM and SGP.
 
 Math tests run the mixers on heterogeneous random quadratics in float64 (n <= 16,
 d <= 10) and check the update rules, the fixed points (section 7, I11) and the drop

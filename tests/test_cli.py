@@ -58,7 +58,7 @@ def test_simulate_writes_results_table_csv_and_both_pngs(tmp_path: Path, capsys)
 BAD_INPUTS = {
     "alpha-zero": (["--alpha", "0"], "alpha must be > 0"),
     "too-many-clients": (["--clients", "5000"], "use at most 1437 clients"),
-    "relay-on-ring": (["--topology", "ring"], "spanning_tree"),
+    "relay-on-ring": (["--topology", "ring"], "--spanning-tree bfs"),
     "disconnected": (["--topology", "{graph}"], "connected"),
     "lr-negative": (["--lr", "-1"], "lr must be"),
 }
@@ -89,9 +89,10 @@ def test_unknown_algorithm_is_an_argparse_error_listing_choices(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 9 s on a quiet 2-core machine, 286 s at a load of 8-18
 def test_default_demo_runs_and_learns(tmp_path: Path) -> None:
-    """`relayfl simulate` with no options: the README demo, well above chance (0.1)."""
-    proc = _run(["simulate", "--out", str(tmp_path), "--quiet"], timeout=300)
+    """`relayfl simulate` with no options: the README demo reaches the README's number."""
+    proc = _run(["simulate", "--out", str(tmp_path), "--quiet"], timeout=840)
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["evaluations"][-1]["worst_accuracy"] > 0.8  # measured 0.975 (seed 0)
+    assert data["evaluations"][-1]["worst_accuracy"] >= 0.95  # measured 0.9722 (seed 0)

@@ -1,4 +1,4 @@
-"""Tests of relayfl.partition: Dirichlet label skew and IID splits (ALGORITHM.md §4, §7 I16)."""
+"""relayfl.partition: Dirichlet label skew and IID splits (docs/algorithm.md §4, §7 I16)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _cifar_like(per_class: int = 5000, num_classes: int = 10, seed: int = 7) -> 
 def _paper_reference(
     labels: np.ndarray, n: int, alpha: float, seed: int, wpc: int = 10
 ) -> list[list[int]]:
-    """The paper's Dirichlet buckets, transcribed from ALGORITHM.md §4 with Python lists."""
+    """The paper's Dirichlet buckets, transcribed from docs/algorithm.md §4 with Python lists."""
     rs = np.random.RandomState(seed)
     pairs = np.stack([np.arange(len(labels)), labels], axis=1)
     rs.shuffle(pairs)

@@ -1,4 +1,4 @@
-"""RelaySum mechanism: the invariants of ALGORITHM.md section 7 (I4-I11) on numbers alone."""
+"""RelaySum mechanism: the invariants of docs/algorithm.md section 7 (I4-I11) on numbers alone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper's claims, checked on fast settings with fixed seeds (ALGORITHM.md 6 and 7).
+"""The paper's claims, checked on fast settings with fixed seeds (docs/algorithm.md 6 and 7).
 
 The full reproductions live in ``simulations/`` (results in ``simulations/results/``);
 these are their quick versions. Every margin below was measured on the stated seeds and
@@ -81,7 +81,7 @@ def test_dpsgd_steps_to_target_grow_with_heterogeneity(quadratics: ModuleType) -
     assert high >= GOSSIP_GROWS_BY * low, (low, high)  # measured 140.3 -> 561.0
 
 
-# Paper panel 2 (ALGORITHM.md 6.5) at n = 12, r0 = 100: relay tree 21, relay chain 38,
+# Paper panel 2 (docs/algorithm.md 6.5) at n = 12, r0 = 100: relay tree 21, relay chain 38,
 # gradient tracking ring 199, all-reduce 8. Measured here (10 seeds, zeta^2 = 1): 23.4,
 # 38.3, 200.6, 8.9 (the paper's grid is finer than 2^(1/2) steps, so a few % apart).
 PAPER_N12 = {

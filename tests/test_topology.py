@@ -1,6 +1,6 @@
 """Tests for relayfl.topology: constructors, spanning trees, metrics and errors.
 
-Invariants I1-I3 and I8 refer to ALGORITHM.md section 7; delay corrections to section 1.8.
+Invariants I1-I3 and I8 refer to docs/algorithm.md section 7; delay corrections to section 1.8.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ __all__ = ["DirichletPartitioner"]
 
 
 class DirichletPartitioner(Partitioner):
-    """Dirichlet label-skew partitions, as in the RelaySum paper (ALGORITHM.md section 4).
+    """Dirichlet label-skew partitions, as in the RelaySum paper (docs/algorithm.md section 4).
 
     Parameters
     ----------

@@ -32,7 +32,7 @@ MessageKey = tuple[int, int]
 
 
 class PeerMixer:
-    """The mixing step of one worker (ALGORITHM.md sections 1.5, 1.6 and 3).
+    """The mixing step of one worker (docs/algorithm.md sections 1.5, 1.6 and 3).
 
     Parameters
     ----------

@@ -181,7 +181,7 @@ def _metric(values: Mapping[str, Any], *names: str) -> float:
 def round_lr(config: RunConfig, sizes: Sequence[int], step: int) -> float:
     """The learning rate relayfl's own workers use at ``step``
     (:func:`relayfl.simulation.lr_schedule`: warm-up, decay and, for ``relaysgd``, the
-    relay correction ``1 + mean delay``; ALGORITHM.md 1.8).
+    relay correction ``1 + mean delay``; docs/algorithm.md 1.8).
 
     The epoch is the clients' mean reported ``num-examples`` (``sizes``) over the batch
     size; before any report (round 1, step 0) warm-up gives 0 whatever the size.

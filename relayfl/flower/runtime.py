@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -179,17 +180,38 @@ def _shutdown_ray(pids: set[int], timeout: float = 15.0) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+#: Flower log lines about how relayfl calls Flower, not about the user's run.
+_FLOWER_NOISE = ("DEPRECATED FEATURE", "fraction_evaluate is set to 0.0")
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(text in str(record.msg) for text in _FLOWER_NOISE)
+
+
 @contextlib.contextmanager
 def _flower_log_level(quiet: bool) -> Iterator[None]:
-    """Lower Flower's console logging to warnings while ``quiet`` (Flower logs at INFO)."""
+    """Flower's console log for a run relayfl starts: warnings only while ``quiet``
+    (Flower logs at INFO), no ANSI colours unless the stream is a terminal, and none of
+    the notices about relayfl's own calls (the deprecation of ``run_simulation``, the
+    skipped federated evaluation) nor Ray's ``FutureWarning`` about accelerator
+    variables."""
+    from flwr.common.logger import console_handler
+
     logger = logging.getLogger("flwr")
-    level = logger.level
+    level, colored = logger.level, console_handler.colored
     if quiet:
         logger.setLevel(logging.WARNING)
+    stream = getattr(console_handler, "stream", None)
+    console_handler.colored = bool(getattr(stream, "isatty", lambda: False)())
+    logger.addFilter(_not_noise)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
+            yield
     finally:
+        logger.removeFilter(_not_noise)
         logger.setLevel(level)
+        console_handler.colored = colored
 
 
 def run_simulation(
@@ -218,7 +240,9 @@ def run_simulation(
     init_args : mapping, optional
         Extra ``ray.init`` arguments.
     quiet : bool (default: False)
-        Show only Flower's warnings and errors.
+        Show only Flower's warnings and errors, and not the Ray actors' log lines
+        (``log_to_driver=False``; a failing client is still reported by the
+        :class:`FlowerRunError`).
 
     Raises
     ------
@@ -234,6 +258,8 @@ def run_simulation(
         "client_resources": dict(client_resources or DEFAULT_CLIENT_RESOURCES),
         "init_args": dict(init_args or {}),
     }
+    if quiet:  # the actors' own log lines (ANSI-coloured, "Manually terminating ...")
+        backend_config["init_args"].setdefault("log_to_driver", False)
     with offline_env(), _flower_log_level(quiet), _RayWatch():
         try:
             _flwr_run_simulation(

@@ -15,7 +15,7 @@ The protocol is step-synchronous and robust to timing:
 * **Steps.** At step ``t`` a node sends its messages, then waits for one message per
   neighbour and tree. Messages for ``t + 1`` that arrive early are buffered; messages
   further ahead, and messages for a step already used (replays, late arrivals), are
-  rejected. A message that misses ``step_timeout`` counts as dropped (ALGORITHM.md
+  rejected. A message that misses ``step_timeout`` counts as dropped (docs/algorithm.md
   section 1.4): with ``fill="latest"`` the node fills the missing mass with its own
   latest model (Table 5, section 6.4), so drops do not pull models back to ``x0``.
 * **Liveness apart from data.** A heartbeat thread exchanges status calls (step, phase,

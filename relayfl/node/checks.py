@@ -19,7 +19,7 @@ __all__ = ["MessageCheck", "step_window"]
 
 
 class MessageCheck:
-    """Checks a data message against the run (ALGORITHM.md section 1.4: a bad message
+    """Checks a data message against the run (docs/algorithm.md section 1.4: a bad message
     never touches the model).
 
     Parameters

@@ -209,16 +209,14 @@ def security(
 
 def node_main(args: argparse.Namespace) -> int:
     """Run ``relayfl node`` (every bad input is a :class:`ConfigError` before any work)."""
-    import torch
-
     from relayfl.node import Node, NodeConfig, load_trainer
+    from relayfl.threads import set_threads
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     log = logging.getLogger("relayfl.node")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads or None)  # 0: torch's default
     config, graphs, addresses = _node_setup(args)
     me = args.node_id
     n = config.num_clients
@@ -252,7 +250,7 @@ def node_main(args: argparse.Namespace) -> int:
     )
     # torch.func (the simulator's engine) imports torch._dynamo on its first gradient:
     # ~4 s of CPU. Pay it now, before the rendezvous, not inside step 0's timeout.
-    import torch._dynamo
+    import torch._dynamo  # noqa: F401
 
     flower: dict[str, Any] = {}
     if args.initial or args.run_config:  # a Flower client's initial model and run config

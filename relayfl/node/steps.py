@@ -1,7 +1,7 @@
 """The step protocol: send a round's messages, collect the neighbours', and mix.
 
 At step ``t`` a node sends its messages, then waits for one message per neighbour and
-tree. A message that misses ``step_timeout`` counts as dropped (ALGORITHM.md section
+tree. A message that misses ``step_timeout`` counts as dropped (docs/algorithm.md section
 1.4); the wait restarts while the message's bytes arrive, while its sender catches up,
 or reports being blocked on another peer (see :meth:`StepProtocol._collect`).
 """

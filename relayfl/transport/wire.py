@@ -8,7 +8,7 @@ A data connection carries frames, each a 16-byte prefix, a JSON header and a pay
 The connecting side opens with a ``hello`` frame (``run``, ``sender``, ``token``); the
 listening side answers ``welcome`` or ``refused`` (with a ``reason``) and closes on a
 refusal. Then every frame is a ``data`` frame whose header holds ``run``, ``step``,
-``sender``, ``tree``, ``count``, ``dtype`` and ``shape`` (ALGORITHM.md section 1.1: a
+``sender``, ``tree``, ``count``, ``dtype`` and ``shape`` (docs/algorithm.md section 1.1: a
 message and its count).
 
 Pure bytes: no sockets here, so tests can build every malformed frame by hand.

@@ -38,7 +38,7 @@ def _fit(client: LinearClient, x: np.ndarray, local_steps: int) -> np.ndarray:
 
 
 def _relay_by_hand(graph: nx.Graph, rounds: int, local_steps: int) -> np.ndarray:
-    """RelaySum/Model of ALGORITHM.md 1.1-1.2, written out with per-edge dictionaries."""
+    """RelaySum/Model of docs/algorithm.md 1.1-1.2, written out with per-edge dictionaries."""
     n = graph.number_of_nodes()
     clients = [LinearClient(i) for i in range(n)]
     x0 = np.zeros(4)

@@ -168,7 +168,7 @@ def test_pooled_relay_node_is_bitwise_the_plain_one_with_drops_and_checkpoints(
 
 
 def test_gossip_node_matches_the_metropolis_hastings_row() -> None:
-    """One node's gossip equals its row of W (ALGORITHM.md 2.5) and renormalises drops."""
+    """One node's gossip equals its row of W (docs/algorithm.md 2.5) and renormalises drops."""
     g = topology.ring(5)
     W = torch.as_tensor(topology.gossip_weights(g))
     v = torch.randn(5, 3, dtype=torch.float64)
