@@ -176,8 +176,13 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        """The inverse of :meth:`to_dict`; a ``null`` that :func:`dumps` wrote for a NaN
+        in an evaluation's float field reads back as NaN."""
         data = {k: v for k, v in data.items() if k not in ("models", "layout")}
-        data["evaluations"] = [EvalRecord(**e) for e in data.get("evaluations", [])]
+        data["evaluations"] = [
+            EvalRecord(**{k: _nan_for_null(k, v) for k, v in e.items()})
+            for e in data.get("evaluations", [])
+        ]
         return cls(**data)
 
     def save(self, out: str | Path) -> Path:
@@ -211,6 +216,20 @@ class RunResult:
         if path.is_dir():
             path = path / "results.json"
         return cls.from_dict(json.loads(path.read_text()))
+
+
+#: EvalRecord fields holding floats (or lists of them), where ``null`` means NaN.
+_FLOAT_FIELDS = frozenset(f.name for f in fields(EvalRecord) if "float" in str(f.type))
+
+
+def _nan_for_null(name: str, value: Any) -> Any:
+    if name not in _FLOAT_FIELDS:
+        return value
+    if value is None:
+        return math.nan
+    if isinstance(value, list):
+        return [math.nan if v is None else v for v in value]
+    return value
 
 
 def _strict(obj: Any) -> Any:

@@ -80,6 +80,10 @@ def test_results_json_is_strict_with_versions_and_the_real_topology(tmp_path: Pa
     saved = _strict_load(tmp_path / "nan" / "results.json")["evaluations"][0]
     assert saved["mean_accuracy"] is None and saved["worst_loss"] is None
     assert saved["accuracies"] == [None] and saved["wall_s"] == 0.5
+    back = RunResult.load(tmp_path / "nan").final  # null reads back as NaN, not None
+    assert math.isnan(back.mean_accuracy) and math.isnan(back.accuracies[0])
+    assert math.isnan(back.worst_loss)  # inf was written as null too
+    assert back.step == 2 and back.bytes_sent == [0]
 
 
 CLI_WORDS = {
@@ -98,7 +102,7 @@ CLI_WORDS = {
     ),
     "node-missing-file": (
         ["node", "--id", "0", "--topology", "missing.json", "--insecure"],
-        "--topology missing.json does not exist",
+        "topology file missing.json does not exist",
     ),
 }
 
