@@ -157,7 +157,10 @@ def test_result_schema_round_trips_through_json_and_csv(digits: Task, tmp_path) 
     assert len(record["bytes_sent"]) == 6
     loaded = RunResult.load(tmp_path)
     assert loaded.final.worst_accuracy == result.final.worst_accuracy
-    assert RunConfig.from_dict(loaded.config) == _tiny(steps=10, eval_every=5)
+    # the topology actually run (relaysgd's default), not None for "the default"
+    assert RunConfig.from_dict(loaded.config) == _tiny(
+        steps=10, eval_every=5, topology="binary-tree"
+    )
     assert (tmp_path / "evaluations.csv").read_text().startswith("step,round,")
 
 
