@@ -157,12 +157,7 @@ class NumPyClientTrainer:
 
             res = client.get_parameters(GetParametersIns(config=dict(config)))
             arrays = parameters_to_ndarrays(res.parameters)
-        if not arrays:
-            raise ConfigError(
-                "the client's get_parameters returned no arrays, so there is no initial "
-                "model to share; implement get_parameters or pass initial_arrays"
-            )
-        return ndarrays_to_record(arrays)
+        return _initial_record(arrays)
 
     def fit(
         self, arrays: ArrayRecord, config: Mapping[str, Any], context: Context
@@ -202,6 +197,22 @@ NO_INITIAL = (
     "initial_arrays=ArrayRecord(model.state_dict()) in Python, or --initial FILE on the "
     "command line (a torch.save'd state_dict, or an .npz of the arrays in order)"
 )
+
+
+def _initial_record(arrays: list[np.ndarray]) -> ArrayRecord:
+    """The arrays a client's ``get_parameters`` returned, as the shared initial model.
+
+    Raises
+    ------
+    ConfigError
+        It returned no arrays.
+    """
+    if not arrays:
+        raise ConfigError(
+            "the client's get_parameters returned no arrays, so there is no initial "
+            "model to share; implement get_parameters or pass initial_arrays"
+        )
+    return ndarrays_to_record(arrays)
 
 
 def _instruction(context: Context, message_type: str, content: RecordDict) -> Message:
@@ -318,12 +329,7 @@ class LegacyAppTrainer:
             self._ask("get_parameters", content, context), keep_input=True
         )
         arrays = parameters_to_ndarrays(res.parameters)
-        if not arrays:
-            raise ConfigError(
-                "the client's get_parameters returned no arrays, so there is no initial "
-                "model to share; implement get_parameters or pass initial_arrays"
-            )
-        return ndarrays_to_record(arrays)
+        return _initial_record(arrays)
 
     def fit(
         self, arrays: ArrayRecord, config: Mapping[str, Any], context: Context
@@ -782,16 +788,8 @@ def simulate_clients(
     started = time.perf_counter()
     trainer = as_trainer(client)
     n = config.num_clients
-    contexts = [
-        Context(
-            run_id=0,
-            node_id=p + 1,
-            node_config={"partition-id": p, "num-partitions": n},
-            state=RecordDict(),
-            run_config=protocol.client_run_config(config, run_config),
-        )
-        for p in range(n)
-    ]
+    user_config = protocol.client_run_config(config, run_config)
+    contexts = [protocol.partition_context(p, n, user_config) for p in range(n)]
     x0: ArrayRecord | None
     if isinstance(initial_arrays, ArrayRecord):
         x0 = initial_arrays

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -37,7 +37,13 @@ from relayfl.flower.client import (
     can_give_initial,
     describe_client,
 )
-from relayfl.flower.protocol import client_run_config, eval_due, num_rounds, round_lr
+from relayfl.flower.protocol import (
+    client_run_config,
+    eval_due,
+    num_rounds,
+    partition_context,
+    round_lr,
+)
 from relayfl.flower.records import (
     arrays_to_flat,
     config_record,
@@ -116,16 +122,8 @@ def client_evaluator(
 
     trainer = as_trainer(client, initial_arrays)
     n = config.num_clients
-    contexts = [
-        Context(
-            run_id=0,
-            node_id=p + 1,
-            node_config={"partition-id": p, "num-partitions": n},
-            state=RecordDict(),
-            run_config=client_run_config(config, run_config),
-        )
-        for p in range(n)
-    ]
+    user_config = client_run_config(config, run_config)
+    contexts = [partition_context(p, n, user_config) for p in range(n)]
     settings = fedavg_worker_config(config).to_flower()
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -330,14 +328,7 @@ def run_fedavg(
         trainer = app_trainer(client_app)
         if not can_give_initial(trainer):
             raise ConfigError(NO_INITIAL)
-        context = Context(
-            run_id=0,
-            node_id=1,
-            node_config={"partition-id": 0, "num-partitions": n},
-            state=RecordDict(),
-            run_config=user_config,
-        )
-        initial_arrays = trainer.initial_arrays(settings, context)
+        initial_arrays = trainer.initial_arrays(settings, partition_context(0, n, user_config))
     state: dict[str, Any] = {"grid": None, "strategy": None}
     evaluations: list[EvalRecord] = []
     round_times: list[float] = []

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, Context, RecordDict
 from flwr.common.logger import log
 from torch import Tensor
 
@@ -161,6 +161,26 @@ def client_run_config(
     out.update({"num-server-rounds": rounds, "local-epochs": 1})
     out.update(dict(run_config or {}))
     return out
+
+
+def partition_context(
+    partition: int,
+    num_partitions: int,
+    run_config: Mapping[str, Any],
+    *,
+    node_id: int | None = None,
+) -> Context:
+    """The ``Context`` a SuperNode gives the ClientApp of ``partition`` (of
+    ``num_partitions``): ``node_config`` with ``partition-id`` / ``num-partitions``, an
+    empty ``state`` and ``run_config`` (from :func:`client_run_config`). ``node_id``
+    defaults to ``partition + 1``."""
+    return Context(
+        run_id=0,
+        node_id=partition + 1 if node_id is None else node_id,
+        node_config={"partition-id": partition, "num-partitions": num_partitions},
+        state=RecordDict(),
+        run_config=dict(run_config),
+    )
 
 
 def checksum(record: ArrayRecord) -> int:

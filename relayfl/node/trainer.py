@@ -198,16 +198,10 @@ def _import(spec: str) -> Any:
 
 def _flower_context(node: int, config: RunConfig, run_config: Mapping[str, Any]) -> Any:
     """A Flower ``Context`` for node ``node`` (``partition-id`` = the node id)."""
-    from flwr.app import Context, RecordDict
+    from relayfl.flower.protocol import client_run_config, partition_context
 
-    from relayfl.flower.protocol import client_run_config
-
-    return Context(
-        run_id=0,
-        node_id=node,
-        node_config={"partition-id": node, "num-partitions": config.num_clients},
-        state=RecordDict(),
-        run_config=client_run_config(config, run_config),
+    return partition_context(
+        node, config.num_clients, client_run_config(config, run_config), node_id=node
     )
 
 
