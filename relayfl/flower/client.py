@@ -42,7 +42,7 @@ from flwr.app import (
 from flwr.client import Client, NumPyClient
 from flwr.clientapp import ClientApp
 
-from relayfl import divergence, topology
+from relayfl import divergence, rng, topology
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError, DivergenceError
 from relayfl.flower import protocol
@@ -149,14 +149,15 @@ class NumPyClientTrainer:
         return client
 
     def initial_arrays(self, config: Mapping[str, Any], context: Context) -> ArrayRecord:
-        client = self.client(context)
-        if isinstance(client, NumPyClient):
-            arrays = client.get_parameters(dict(config))
-        else:
-            from flwr.common import GetParametersIns, parameters_to_ndarrays
+        with keyed_call(config, context, "initial"):  # an unseeded Net() is one model
+            client = self.client(context)
+            if isinstance(client, NumPyClient):
+                arrays = client.get_parameters(dict(config))
+            else:
+                from flwr.common import GetParametersIns, parameters_to_ndarrays
 
-            res = client.get_parameters(GetParametersIns(config=dict(config)))
-            arrays = parameters_to_ndarrays(res.parameters)
+                res = client.get_parameters(GetParametersIns(config=dict(config)))
+                arrays = parameters_to_ndarrays(res.parameters)
         return _initial_record(arrays)
 
     def fit(
@@ -164,14 +165,15 @@ class NumPyClientTrainer:
     ) -> tuple[ArrayRecord, dict[str, Any]]:
         client = self.client(context)
         params = record_to_ndarrays(arrays)
-        if isinstance(client, NumPyClient):
-            new, num_examples, metrics = client.fit(params, dict(config))
-        else:
-            from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+        with keyed_call(config, context, "fit"):  # after client_fn: its seed is not reused
+            if isinstance(client, NumPyClient):
+                new, num_examples, metrics = client.fit(params, dict(config))
+            else:
+                from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 
-            res = client.fit(FitIns(ndarrays_to_parameters(params), dict(config)))
-            new = parameters_to_ndarrays(res.parameters)
-            num_examples, metrics = res.num_examples, res.metrics
+                res = client.fit(FitIns(ndarrays_to_parameters(params), dict(config)))
+                new = parameters_to_ndarrays(res.parameters)
+                num_examples, metrics = res.num_examples, res.metrics
         record = ndarrays_to_record([np.asarray(a) for a in new])
         check_like(arrays, record, "the client's fit")
         return record, {**(metrics or {}), "num-examples": int(num_examples)}
@@ -181,13 +183,14 @@ class NumPyClientTrainer:
     ) -> dict[str, Any]:
         client = self.client(context)
         params = record_to_ndarrays(arrays)
-        if isinstance(client, NumPyClient):
-            loss, num_examples, metrics = client.evaluate(params, dict(config))
-        else:
-            from flwr.common import EvaluateIns, ndarrays_to_parameters
+        with keyed_call(config, context, "evaluate"):
+            if isinstance(client, NumPyClient):
+                loss, num_examples, metrics = client.evaluate(params, dict(config))
+            else:
+                from flwr.common import EvaluateIns, ndarrays_to_parameters
 
-            res = client.evaluate(EvaluateIns(ndarrays_to_parameters(params), dict(config)))
-            loss, num_examples, metrics = res.loss, res.num_examples, res.metrics
+                res = client.evaluate(EvaluateIns(ndarrays_to_parameters(params), dict(config)))
+                loss, num_examples, metrics = res.loss, res.num_examples, res.metrics
         return {**(metrics or {}), "loss": float(loss), "num-examples": int(num_examples)}
 
 
@@ -258,7 +261,9 @@ class MessageTrainer:
         return self.initial
 
     def _call(self, fn: Handler, kind: str, content: RecordDict, context: Context) -> RecordDict:
-        reply = fn(_instruction(context, kind, content), context)
+        config = content.get("config", {})
+        with keyed_call(config, context, "fit" if kind == "train" else kind):
+            reply = fn(_instruction(context, kind, content), context)
         if not isinstance(reply, Message):
             raise ConfigError(
                 f"the {kind} function returned {type(reply).__name__}; return "
@@ -312,8 +317,12 @@ class LegacyAppTrainer:
     def __init__(self, app: ClientApp, initial: ArrayRecord | None = None) -> None:
         self.app, self.initial = app, initial
 
-    def _ask(self, kind: str, content: RecordDict, context: Context) -> RecordDict:
-        reply = self.app(_instruction(context, kind, content), context)
+    def _ask(
+        self, kind: str, content: RecordDict, context: Context, config: Mapping[str, Any]
+    ) -> RecordDict:
+        stream = {"train": "fit", "get_parameters": "initial"}.get(kind, kind)
+        with keyed_call(config, context, stream):
+            reply = self.app(_instruction(context, kind, content), context)
         if reply.has_error():
             raise ConfigError(f"the ClientApp's {kind} failed: {reply.error.reason}")
         return reply.content
@@ -326,7 +335,7 @@ class LegacyAppTrainer:
 
         content = compat.getparametersins_to_recorddict(GetParametersIns(config=dict(config)))
         res = compat.recorddict_to_getparametersres(
-            self._ask("get_parameters", content, context), keep_input=True
+            self._ask("get_parameters", content, context, config), keep_input=True
         )
         arrays = parameters_to_ndarrays(res.parameters)
         return _initial_record(arrays)
@@ -338,7 +347,7 @@ class LegacyAppTrainer:
         from flwr.compat.common import recorddict_compat as compat
 
         ins = FitIns(ndarrays_to_parameters(record_to_ndarrays(arrays)), dict(config))
-        out = self._ask("train", compat.fitins_to_recorddict(ins, keep_input=True), context)
+        out = self._ask("train", compat.fitins_to_recorddict(ins, keep_input=True), context, config)
         res = compat.recorddict_to_fitres(out, keep_input=True)
         record = ndarrays_to_record(parameters_to_ndarrays(res.parameters))
         check_like(arrays, record, "the client's fit")
@@ -351,7 +360,9 @@ class LegacyAppTrainer:
         from flwr.compat.common import recorddict_compat as compat
 
         ins = EvaluateIns(ndarrays_to_parameters(record_to_ndarrays(arrays)), dict(config))
-        out = self._ask("evaluate", compat.evaluateins_to_recorddict(ins, keep_input=True), context)
+        out = self._ask(
+            "evaluate", compat.evaluateins_to_recorddict(ins, keep_input=True), context, config
+        )
         res = compat.recorddict_to_evaluateres(out)
         return {**(res.metrics or {}), "loss": float(res.loss), "num-examples": res.num_examples}
 
@@ -397,6 +408,20 @@ def partition_of(context: Context) -> tuple[int, int]:
             "--node-config 'partition-id=<i> num-partitions=<n>'"
         )
     return int(cfg["partition-id"]), int(cfg.get("num-partitions", -1))
+
+
+def keyed_call(
+    config: Mapping[str, Any], context: Context, stream: str
+) -> contextlib.AbstractContextManager[None]:
+    """:func:`relayfl.rng.seeded_globals` for one call of the user's client, keyed by
+    the run's ``seed``, the partition id and ``server-round`` (the initial model: 0),
+    so every path draws the same numbers; no seeding when the config has no ``seed``
+    or the node no partition id (a plain Flower run)."""
+    if "seed" not in config or "partition-id" not in context.node_config:
+        return contextlib.nullcontext()
+    pid, _ = partition_of(context)
+    rnd = 0 if stream == "initial" else int(config.get("server-round", 0))
+    return rng.seeded_globals(int(config["seed"]), pid, rnd, stream)
 
 
 def node_step(

@@ -161,7 +161,8 @@ class FlowerTrainer:
         from relayfl.flower.client import ACCURACY_KEYS, LOSS_KEYS
         from relayfl.flower.records import client_metrics, json_metrics, scalar
 
-        ev = self._trainer.evaluate(self._arrays(x), self._base, self.context)
+        config = {**self._base, "server-round": self._rounds + 1}  # as node_step's
+        ev = self._trainer.evaluate(self._arrays(x), config, self.context)
         row = {"round": self._rounds + 1, "partition-id": self.node}
         self.client_metrics.append({**row, "evaluate": json_metrics(client_metrics(ev))})
         return scalar(ev, ACCURACY_KEYS), scalar(ev, LOSS_KEYS)

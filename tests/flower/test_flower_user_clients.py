@@ -82,6 +82,37 @@ def test_message_app_without_initial_model_is_refused_before_any_work(monkeypatc
         load_trainer(user_clients.app, CFG, 0)
 
 
+STOCHASTIC = {**RUN_CONFIG, "batch-size": 16}  # torch.randint minibatches in the user's loop
+
+
+def test_a_client_drawing_random_batches_repeats_and_draws_new_ones_every_round() -> None:
+    """The user's client_fn calls torch.manual_seed(0) (new_net) for every message, as
+    Flower calls client_fn per message; relayfl seeds the process's generators per
+    (seed, partition, round) around fit, so rounds draw new batches, a run repeats
+    bit for bit, another seed differs, and the caller's generator state is untouched."""
+    from relayfl.flower.client import NumPyClientTrainer
+    from relayfl.flower.protocol import partition_context
+
+    trainer = NumPyClientTrainer(user_clients.client_fn)
+    context = partition_context(1, 4, STOCHASTIC)
+    x0 = user_clients.initial_arrays()
+
+    def fit(rnd: int, seed: int = 0) -> torch.Tensor:
+        config = {**CFG.replace(seed=seed).to_flower(), "server-round": rnd, "round-lr": 0.5}
+        arrays, _ = trainer.fit(x0, config, context)
+        return torch.cat([torch.from_numpy(a.numpy()).flatten() for a in arrays.values()])
+
+    before = torch.random.get_rng_state()
+    first, again, second, other = fit(1), fit(1), fit(2), fit(1, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, second) and not torch.allclose(first, other)
+    runs = [simulate_clients(user_clients.client_fn, CFG, run_config=STOCHASTIC) for _ in "ab"]
+    assert torch.equal(runs[0].models, runs[1].models)
+    full_batch = _models(user_clients.client_fn)
+    assert not torch.allclose(runs[0].models, full_batch)
+
+
 def test_round_lr_is_the_schedule_relayfl_workers_use() -> None:
     """Each fit config's round-lr is lr_schedule at the round's first step (warm-up in
     the clients' reported num-examples, decay, relay correction 1 + mean delay)."""
@@ -181,16 +212,15 @@ def _touch(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_message_app_on_flowers_engine_equals_in_process(reference: torch.Tensor) -> None:
-    """The plain Message-API ClientApp, unchanged, on Flower's simulation engine."""
+def test_message_app_on_flowers_engine_equals_in_process() -> None:
+    """The plain Message-API ClientApp, unchanged, on Flower's simulation engine, drawing
+    random minibatches in Ray's actors: the same models as in process."""
+    x0 = user_clients.initial_arrays()
     r = run_relay_simulation(
-        user_clients.app,
-        CFG,
-        initial_arrays=user_clients.initial_arrays(),
-        run_config=RUN_CONFIG,
-        quiet=True,
+        user_clients.app, CFG, initial_arrays=x0, run_config=STOCHASTIC, quiet=True
     )
-    assert torch.allclose(r.models, reference, atol=TOL)
+    in_process = simulate_clients(user_clients.app, CFG, initial_arrays=x0, run_config=STOCHASTIC)
+    assert torch.allclose(r.models, in_process.models, atol=TOL)
     assert r.final.mean_accuracy > 0.5 and math.isfinite(r.final.train_loss)
 
 
@@ -215,22 +245,23 @@ def test_quickstart_client_under_fedavg() -> None:
 
 @pytest.mark.slow
 def test_message_app_serverless_with_initial_file(tmp_path: Path) -> None:
-    """relayfl launch --client user_clients:app --initial init.pt --run-config: the same
-    accuracies as in process, the client's metrics kept."""
+    """relayfl launch --client user_clients:app --initial init.pt --run-config: random
+    minibatches drawn on each node give the same accuracies as in process, the client's
+    metrics kept."""
     torch.save(user_clients.new_net().state_dict(), tmp_path / "init.pt")
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "relayfl.cli", "launch", "--nodes", "2", "--topology", "chain",
         "--steps", "4", "--eval-every", "4", "--lr", "0.1", "--no-schedule", "--insecure",
         "--quiet", "--out", str(out), "--client", "user_clients:app",
-        "--initial", str(tmp_path / "init.pt"), "--run-config", "local-epochs=2",
+        "--initial", str(tmp_path / "init.pt"), "--run-config", "local-epochs=2 batch-size=16",
     ]  # fmt: skip
     p = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
     launched = json.loads((out / "results.json").read_text())
     cfg = CFG.replace(num_clients=2, steps=4, eval_every=4)
     in_process = simulate_clients(
-        user_clients.app, cfg, initial_arrays=user_clients.initial_arrays(), run_config=RUN_CONFIG
+        user_clients.app, cfg, initial_arrays=user_clients.initial_arrays(), run_config=STOCHASTIC
     ).final
     assert launched["evaluations"][-1]["accuracies"] == pytest.approx(
         in_process.accuracies, abs=1e-6

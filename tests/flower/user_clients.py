@@ -2,7 +2,9 @@
 
 Imported by the tests in process, by Ray's actors and by ``relayfl launch --client
 user_clients:...`` (run from this folder). A small MLP on 4 Gaussian blobs (fast on 2
-cores), full-batch gradient steps so every path computes the same numbers.
+cores). Full-batch gradient steps by default; with ``batch-size`` in the run config,
+random minibatches drawn with ``torch.randint`` as a user's loop draws them (relayfl keys
+the process's generators per partition and round, so every path draws the same ones).
 """
 
 from __future__ import annotations
@@ -44,13 +46,16 @@ def load_data(partition_id: int, num_partitions: int) -> tuple[torch.Tensor, tor
     return _X[partition_id::num_partitions], _Y[partition_id::num_partitions]
 
 
-def train(net: Net, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> float:
+def train(
+    net: Net, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int | None = None
+) -> float:
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     losses = []
-    for _ in range(steps):  # full batch: no randomness, equal on every path
+    for _ in range(steps):
+        b = torch.randint(0, len(y), (batch,)) if batch else slice(None)  # None: full batch
         opt.zero_grad()
-        loss = F.cross_entropy(net(x), y)
+        loss = F.cross_entropy(net(x[b]), y[b])
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -91,7 +96,8 @@ class FlowerClient(NumPyClient):
     def fit(self, parameters, config):
         self.set_parameters(parameters)
         lr = float(config.get("round-lr", 0.1))
-        loss = train(self.net, *self.data, steps_of(config, self.run_config), lr)
+        steps, batch = steps_of(config, self.run_config), self.run_config.get("batch-size")
+        loss = train(self.net, *self.data, steps, lr, batch)
         return self.get_parameters(config), len(self.data[1]), {"train_loss": loss}
 
     def evaluate(self, parameters, config):
@@ -114,7 +120,8 @@ def train_fn(msg: Message, context: Context) -> Message:
     net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     x, y = load_data(context.node_config["partition-id"], context.node_config["num-partitions"])
     config = msg.content["config"]
-    loss = train(net, x, y, steps_of(config, context.run_config), float(config["round-lr"]))
+    steps, batch = steps_of(config, context.run_config), context.run_config.get("batch-size")
+    loss = train(net, x, y, steps, float(config["round-lr"]), batch)
     metrics = MetricRecord({"train_loss": loss, "num-examples": len(y)})
     return Message(
         RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg
