@@ -656,6 +656,13 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help='context.run_config of --client, as flwr run: "local-epochs=2 k=v"',
     )
+    p.add_argument(
+        "--accuracy-key",
+        dest="accuracy_key",
+        default=None,
+        help="the evaluate metric of a Flower --client that holds accuracy (default: accuracy, "
+        "eval-accuracy, eval_acc, eval_accuracy or acc, the first reported)",
+    )
     p.set_defaults(handler=run_compare_cli)
 
 
@@ -692,6 +699,7 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
             "batch_size": args.batch_size,
             "lr": args.lr,
             "data_root": args.data_root,
+            "accuracy_key": args.accuracy_key,
         }.items()
         if v is not None
     }

@@ -98,6 +98,10 @@ class RunConfig:
         state and relay sums stay float32.
     channels_last : bool
         Image activations in channels-last memory format (batched engine).
+    accuracy_key : str, optional
+        Flower clients only: the ``evaluate`` metric holding the test accuracy (default:
+        the first of ``accuracy``, ``eval-accuracy``, ``eval_acc``, ``eval_accuracy``,
+        ``acc``). A named key the client does not report is a one-line error.
     """
 
     algorithm: str = "relaysgd"
@@ -133,6 +137,7 @@ class RunConfig:
     engine: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
+    accuracy_key: str | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -154,6 +159,13 @@ class RunConfig:
             bad(
                 f"eval-limit must be >= 1 (the first K test samples), got {self.eval_limit}; "
                 "omit it to evaluate on the whole test set"
+            )
+        if self.accuracy_key is not None and not (
+            isinstance(self.accuracy_key, str) and self.accuracy_key.strip()
+        ):
+            bad(
+                f"accuracy-key must name the evaluate metric holding accuracy, got "
+                f"{self.accuracy_key!r}; omit it to use accuracy / eval_acc / acc"
             )
         if self.eval_every < 0:
             bad(f"eval-every must be >= 0 (0: only at the end), got {self.eval_every}")

@@ -77,6 +77,13 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
         help='context.run_config of a Flower --client, as flwr run: "local-epochs=2 k=v"',
     )
     g.add_argument(
+        "--accuracy-key",
+        dest="accuracy_key",
+        default=None,
+        help="the evaluate metric of a Flower --client that holds accuracy (default: accuracy, "
+        "eval-accuracy, eval_acc, eval_accuracy or acc, the first reported)",
+    )
+    g.add_argument(
         "--threads", type=int, default=None, help="torch threads per node (launch default: 1)"
     )
     g = p.add_argument_group("security")

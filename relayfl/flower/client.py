@@ -21,6 +21,7 @@ lives in ``context.state``: in deployment each message may start a fresh process
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -92,6 +93,42 @@ RUN_CONFIG, FIT_METRICS, EVALUATE_METRICS = (
 #: Metric names read as the test accuracy, in this order, on every path (Flower's
 #: quickstarts use ``accuracy`` and ``eval_acc``); ``RunConfig``-independent.
 ACCURACY_KEYS: tuple[str, ...] = ("accuracy", "eval-accuracy", "eval_acc", "eval_accuracy", "acc")
+log = logging.getLogger("relayfl.flower")
+_UNREPORTED: set[tuple[str, ...]] = set()  # metric names already warned about
+
+
+def accuracy_of(metrics: Mapping[str, Any], key: str | None = None) -> float:
+    """The test accuracy in a client's ``evaluate`` metrics.
+
+    ``key`` (``RunConfig.accuracy_key``) names the metric; by default the first of
+    :data:`ACCURACY_KEYS` the client reports. No accuracy is NaN (``null`` in
+    ``results.json``), with one warning per set of reported names.
+
+    Raises
+    ------
+    ConfigError
+        ``key`` is given and the client did not report it.
+    """
+    reported = sorted(k for k in metrics if k != "num-examples")
+    if key is not None:
+        if key not in metrics:
+            raise ConfigError(
+                f"the client's evaluate reported no {key!r} (it reported: "
+                f"{', '.join(reported) or 'nothing'}); name one of those with --accuracy-key "
+                "(accuracy_key= in Python)"
+            )
+        return float(metrics[key])
+    value = scalar(metrics, ACCURACY_KEYS)
+    if math.isnan(value) and tuple(reported) not in _UNREPORTED:
+        _UNREPORTED.add(tuple(reported))
+        log.warning(
+            "the client's evaluate reported no accuracy (it reported: %s); accuracy is "
+            "null; name the metric with --accuracy-key (accuracy_key= in Python)",
+            ", ".join(reported) or "nothing",
+        )
+    return value
+
+
 #: Metric names read as the test loss (``evaluate``'s returned loss is ``loss``).
 LOSS_KEYS: tuple[str, ...] = ("loss", "eval-loss", "eval_loss")
 #: Metric names read as the training loss of ``fit``.
@@ -493,7 +530,7 @@ def node_step(
     out = RecordDict()
     if config.get("evaluate"):
         ev = trainer.evaluate(arrays, client_config, context)
-        metrics["eval-accuracy"] = scalar(ev, ACCURACY_KEYS)
+        metrics["eval-accuracy"] = accuracy_of(ev, rc.accuracy_key)
         metrics["eval-loss"] = scalar(ev, LOSS_KEYS)
         out[EVALUATE_METRICS] = client_metrics(ev)
     if config.get("final"):

@@ -118,7 +118,7 @@ def client_evaluator(
     ``p`` of ``num_clients``), as each relay worker evaluates its model; returns
     ``accuracy`` (mean over clients), ``worst-accuracy``, ``loss`` and the per-client
     ``accuracies`` / ``losses``."""
-    from relayfl.flower.client import ACCURACY_KEYS, LOSS_KEYS, as_trainer
+    from relayfl.flower.client import LOSS_KEYS, accuracy_of, as_trainer
 
     trainer = as_trainer(client, initial_arrays)
     n = config.num_clients
@@ -130,7 +130,7 @@ def client_evaluator(
         acc, loss = [], []
         for p in range(n):
             ev = trainer.evaluate(arrays, {**settings, "server-round": server_round}, contexts[p])
-            acc.append(scalar(ev, ACCURACY_KEYS))
+            acc.append(accuracy_of(ev, config.accuracy_key))
             loss.append(scalar(ev, LOSS_KEYS))
         return MetricRecord(
             {

@@ -158,14 +158,14 @@ class FlowerTrainer:
         return flat.to(x.dtype), loss
 
     def evaluate(self, x: Tensor) -> tuple[float, float]:
-        from relayfl.flower.client import ACCURACY_KEYS, LOSS_KEYS
+        from relayfl.flower.client import LOSS_KEYS, accuracy_of
         from relayfl.flower.records import client_metrics, json_metrics, scalar
 
         config = {**self._base, "server-round": self._rounds + 1}  # as node_step's
         ev = self._trainer.evaluate(self._arrays(x), config, self.context)
         row = {"round": self._rounds + 1, "partition-id": self.node}
         self.client_metrics.append({**row, "evaluate": json_metrics(client_metrics(ev))})
-        return scalar(ev, ACCURACY_KEYS), scalar(ev, LOSS_KEYS)
+        return accuracy_of(ev, self.config.accuracy_key), scalar(ev, LOSS_KEYS)
 
     def state_dict(self) -> dict:
         return {"context_state": self.context.state}

@@ -177,6 +177,35 @@ def test_metrics_flower_allows_are_kept_and_missing_ones_are_nan() -> None:
     assert r.task["name"].startswith("user_clients:") and r.task["partition_sizes"] == [100] * 4
 
 
+def test_accuracy_under_a_name_of_its_own_is_read_with_accuracy_key(caplog) -> None:
+    """A client reporting accuracy as "top1": null with a warning naming what it
+    reported, the right value with accuracy_key="top1" (also --accuracy-key on node,
+    launch and compare), a one-line error for a key it never reports."""
+    from relayfl.cli import build_parser
+    from relayfl.compare import spec_from_args
+
+    reference = simulate_clients(user_clients.client_fn, CFG, run_config=RUN_CONFIG).final
+    with caplog.at_level("WARNING", logger="relayfl.flower"):
+        unnamed = simulate_clients(user_clients.top1_client_fn, CFG, run_config=RUN_CONFIG)
+    assert all(math.isnan(a) for a in unnamed.final.accuracies)
+    assert "reported no accuracy (it reported: loss, top1)" in caplog.text
+    named = simulate_clients(
+        user_clients.top1_client_fn, CFG.replace(accuracy_key="top1"), run_config=RUN_CONFIG
+    ).final
+    assert named.accuracies == reference.accuracies and named.mean_accuracy > 0.5
+    with pytest.raises(ConfigError, match=r"reported no 'f1' \(it reported: loss, top1\)"):
+        simulate_clients(user_clients.top1_client_fn, CFG.replace(accuracy_key="f1"))
+    for argv in (
+        ["launch", "--nodes", "2", "--client", "m:f", "--accuracy-key", "top1"],
+        ["node", "--id", "0", "--client", "m:f", "--accuracy-key", "top1"],
+    ):
+        assert RunConfig.from_args(build_parser().parse_args(argv)).accuracy_key == "top1"
+    args = build_parser().parse_args(["compare", "--client", "m:f", "--accuracy-key", "top1"])
+    assert spec_from_args(args).run["accuracy_key"] == "top1"
+    with pytest.raises(ConfigError, match="accuracy-key must name"):
+        CFG.replace(accuracy_key=" ")
+
+
 def test_arrays_in_another_order_are_refused_naming_the_position() -> None:
     with pytest.raises(ConfigError, match=r"array 0 with shape \(16,\) float32.*\(16, 8\)"):
         simulate_clients(user_clients.reordered_client_fn, CFG)

@@ -172,6 +172,14 @@ class Extra(FlowerClient):
         return loss, n, {**m, "f1": 0.5}
 
 
+class Top1(FlowerClient):
+    """Reports accuracy under a name of its own."""
+
+    def evaluate(self, parameters, config):
+        loss, n, m = super().evaluate(parameters, config)
+        return loss, n, {"top1": m["accuracy"]}
+
+
 class Reordered(FlowerClient):
     def fit(self, parameters, config):
         params, n, m = super().fit(parameters, config)
@@ -188,6 +196,10 @@ def loss_only_client_fn(context: Context):
 
 def extra_client_fn(context: Context):
     return Extra(context).to_client()
+
+
+def top1_client_fn(context: Context):
+    return Top1(context).to_client()
 
 
 def reordered_client_fn(context: Context):
