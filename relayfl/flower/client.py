@@ -568,6 +568,7 @@ def node_step(
         {
             "num-examples": int(fit_metrics.get("num-examples", 0)),
             "train-loss": scalar(fit_metrics, TRAIN_LOSS_KEYS),
+            protocol.STEPS_KEY: scalar(fit_metrics, (protocol.STEPS_KEY,)),
         }
     )
     lr = scalar(fit_metrics, ("lr",))

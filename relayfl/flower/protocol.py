@@ -40,9 +40,11 @@ __all__ = [
     "HELLO",
     "ROUND",
     "RUN_CONFIG",
+    "STEPS_KEY",
     "X0",
     "RelayRecorder",
     "checksum",
+    "client_epoch",
     "client_run_config",
     "eval_due",
     "from_key",
@@ -215,6 +217,24 @@ def round_lr(config: RunConfig, sizes: Sequence[int], step: int) -> float:
     return float(lr_at(step))
 
 
+def client_epoch(
+    steps: float, rounds: int, local_epochs: float | None, sizes: Sequence[int], batch_size: int
+) -> float:
+    """The epoch of a Flower client after ``rounds`` rounds and ``steps`` local steps:
+    ``rounds * local-epochs`` when the user sets ``local-epochs``, else ``steps`` times
+    the config's ``batch-size`` over the mean ``num-examples`` the clients reported
+    (NaN before any report)."""
+    if local_epochs:
+        return rounds * local_epochs
+    size = float(np.mean(sizes)) if any(sizes) else 0.0
+    return steps * batch_size / size if size else math.nan
+
+
+#: Fit metric a client may report with the optimizer steps it took (default: the
+#: round's ``local-steps``); results count steps from it.
+STEPS_KEY = "num-steps"
+
+
 class RelayRecorder:
     """Collects per-worker metrics round by round and builds the :class:`RunResult`.
 
@@ -242,6 +262,9 @@ class RelayRecorder:
         self.sent = [0] * n
         self.received = [0] * n
         self.num_examples = [0] * n
+        #: Local steps so far: the clients' mean reported ``num-steps``, else
+        #: ``local-steps`` per round.
+        self.steps = 0.0
 
     def round_lr(self, step: int) -> float:
         """:func:`round_lr` at ``step`` with the sizes the clients reported so far."""
@@ -266,6 +289,9 @@ class RelayRecorder:
         lrs = [float(m["lr"]) for m in metrics if "lr" in m]
         self.lr = float(np.mean(lrs)) if lrs else math.nan
         self.num_examples = [int(_metric(m, "num-examples")) for m in metrics]
+        reported = [_metric(m, STEPS_KEY) for m in metrics]
+        done = np.mean(reported) if all(math.isfinite(v) for v in reported) else math.nan
+        self.steps += float(done) if math.isfinite(done) else self.config.local_steps
 
     def evaluated(
         self, rounds_done: int, metrics: Sequence[Mapping[str, Any]], models: Tensor | None = None
@@ -280,18 +306,14 @@ class RelayRecorder:
         if models is not None:
             x = models.double()
             consensus = float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
-        step = rounds_done * self.config.local_steps
-        per_epoch = (
-            float(np.mean(self.num_examples)) / self.config.batch_size
-            if any(self.num_examples)
-            else math.nan
+        step = round(self.steps)
+        epoch = client_epoch(
+            self.steps, rounds_done, self.local_epochs, self.num_examples, self.config.batch_size
         )
         record = EvalRecord(
             step=step,
             round=rounds_done,
-            epoch=rounds_done * self.local_epochs
-            if self.local_epochs
-            else (step / per_epoch if per_epoch else math.nan),
+            epoch=epoch,
             lr=self.lr if rounds_done else 0.0,
             mean_accuracy=float(np.mean(acc)),
             worst_accuracy=float(np.min(acc)),

@@ -465,12 +465,17 @@ class Node(Liveness, StepProtocol):
         acc, loss = self.trainer.evaluate(x)
         lr_at = getattr(self.trainer, "lr_at", None)
         spe = getattr(self.trainer, "steps_per_epoch", None) or math.nan
+        lr = float(lr_at(max(step - 1, 0))) if lr_at is not None else math.nan
+        epoch = step / spe if spe == spe and spe else math.nan
+        progress = getattr(self.trainer, "progress", None)  # a Flower client's own counts
+        if progress is not None:
+            step, epoch = progress(rounds)
         sent, received = self._bytes()
         record = EvalRecord(
             step=step,
             round=rounds,
-            epoch=step / spe if spe == spe and spe else math.nan,
-            lr=float(lr_at(max(step - 1, 0))) if lr_at is not None else math.nan,
+            epoch=epoch,
+            lr=lr,
             mean_accuracy=acc,
             worst_accuracy=acc,
             best_accuracy=acc,

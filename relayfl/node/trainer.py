@@ -111,6 +111,8 @@ class FlowerTrainer:
         self.num_samples = 0
         #: False after a fit that reported no training loss (NaN is then no divergence).
         self.reports_loss = True
+        #: Local steps so far: the client's reported ``num-steps``, else ``local-steps``.
+        self.steps = 0.0
         self.node = node
         self._rounds = 0
         #: Every metric the client reported, per round (``results.json`` extra).
@@ -129,7 +131,7 @@ class FlowerTrainer:
 
     def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
         from relayfl.flower.client import TRAIN_LOSS_KEYS
-        from relayfl.flower.protocol import round_lr
+        from relayfl.flower.protocol import STEPS_KEY, round_lr
         from relayfl.flower.records import arrays_to_flat, client_metrics, json_metrics, scalar
 
         config = {
@@ -144,6 +146,8 @@ class FlowerTrainer:
         arrays, metrics = self._trainer.fit(self._arrays(x), config, self.context)
         self._like = arrays
         self.num_samples = int(metrics.get("num-examples", 0))
+        reported = scalar(metrics, (STEPS_KEY,))
+        self.steps += reported if math.isfinite(reported) else num_steps
         flat, _ = arrays_to_flat(arrays)
         if not bool(torch.isfinite(flat).all()):
             raise DivergenceError(
@@ -167,12 +171,25 @@ class FlowerTrainer:
         self.client_metrics.append({**row, "evaluate": json_metrics(client_metrics(ev))})
         return accuracy_of(ev, self.config.accuracy_key), scalar(ev, LOSS_KEYS)
 
+    def progress(self, rounds: int) -> tuple[int, float]:
+        """``(step, epoch)`` after ``rounds`` rounds, from what the client reported
+        (:func:`relayfl.flower.protocol.client_epoch`), as on the other Flower paths."""
+        from relayfl.flower.protocol import client_epoch
+
+        local_epochs = self.user_config.get("local-epochs")
+        sizes = [self.num_samples]
+        epoch = client_epoch(
+            self.steps, rounds, float(local_epochs or 0), sizes, self.config.batch_size
+        )
+        return round(self.steps), epoch
+
     def state_dict(self) -> dict:
-        return {"context_state": self.context.state}
+        return {"context_state": self.context.state, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         if "context_state" in state:
             self.context.state = state["context_state"]
+        self.steps = float(state.get("steps", self.steps))
 
 
 def _import(spec: str) -> Any:

@@ -206,6 +206,24 @@ def test_accuracy_under_a_name_of_its_own_is_read_with_accuracy_key(caplog) -> N
         CFG.replace(accuracy_key=" ")
 
 
+def test_steps_and_epochs_count_what_the_client_reports() -> None:
+    """local-epochs=2 a round: epochs are rounds x 2 on every path; steps are the
+    round count unless fit reports num-steps (2 full-batch steps a round here)."""
+    plain = simulate_clients(user_clients.client_fn, CFG, run_config=RUN_CONFIG).final
+    assert (plain.step, plain.epoch) == (6, 12)
+    reported = simulate_clients(user_clients.steps_client_fn, CFG, run_config=RUN_CONFIG)
+    assert (reported.final.step, reported.final.epoch) == (12, 12)
+    assert [e.step for e in reported.evaluations] == [0, 6, 12]
+    node = load_trainer(user_clients.steps_client_fn, CFG, 0, run_config=RUN_CONFIG)
+    x = node.x0
+    for step in range(3):
+        x, _ = node.train(x, step, 1)
+    assert node.progress(3) == (6, 6.0)
+    node = load_trainer(user_clients.client_fn, CFG, 0, run_config={})
+    x, _ = node.train(node.x0, 0, 1)
+    assert node.progress(1) == (1, pytest.approx(CFG.batch_size / 100))  # 100 samples
+
+
 def test_arrays_in_another_order_are_refused_naming_the_position() -> None:
     with pytest.raises(ConfigError, match=r"array 0 with shape \(16,\) float32.*\(16, 8\)"):
         simulate_clients(user_clients.reordered_client_fn, CFG)

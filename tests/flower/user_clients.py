@@ -172,6 +172,14 @@ class Extra(FlowerClient):
         return loss, n, {**m, "f1": 0.5}
 
 
+class StepsReported(FlowerClient):
+    """Reports the optimizer steps it took (local-epochs full-batch steps a round)."""
+
+    def fit(self, parameters, config):
+        params, n, m = super().fit(parameters, config)
+        return params, n, {**m, "num-steps": steps_of(config, self.run_config)}
+
+
 class Top1(FlowerClient):
     """Reports accuracy under a name of its own."""
 
@@ -196,6 +204,10 @@ def loss_only_client_fn(context: Context):
 
 def extra_client_fn(context: Context):
     return Extra(context).to_client()
+
+
+def steps_client_fn(context: Context):
+    return StepsReported(context).to_client()
 
 
 def top1_client_fn(context: Context):
