@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import sys
+import time
 
 from relayfl.algorithms import ALGORITHMS
 from relayfl.cliwords import HelpFormatter, command_parser, one_line_warnings, speak_cli
@@ -209,9 +210,10 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from relayfl import partition, plots, runs
-    from relayfl.outdir import check_out
+    from relayfl.outdir import check_out, written
     from relayfl.simulation import simulate
 
+    started = time.time()
     config = RunConfig.from_args(args)
     out = check_out(args.out, resume=args.resume)
     set_threads(args.threads)
@@ -265,10 +267,8 @@ def run_simulate(args: argparse.Namespace) -> RunResult:
     summary = result.summary()
     summary["topology"] = config.topology_name
     summary_table([summary], title=f"relayfl simulate ({result.engine} engine)")
-    print(
-        f"results written to {out}/ (results.json, evaluations.csv, learning_curve.png, "
-        "partition.png)"
-    )
+    names = ("results.json", "evaluations.csv", "learning_curve.png", "partition.png")
+    print(written(out, names, since=started))
     return result
 
 

@@ -712,7 +712,7 @@ def spec_from_args(args: argparse.Namespace) -> CompareSpec:
 
 def run_compare_cli(args: argparse.Namespace) -> int:
     """``relayfl compare``: run, print the table, write the files."""
-    from relayfl.outdir import check_out
+    from relayfl.outdir import check_out, written
 
     spec = spec_from_args(args)
     out = check_out(spec.out)
@@ -733,8 +733,6 @@ def run_compare_cli(args: argparse.Namespace) -> int:
     plot_accuracy_vs_round(result, out / "accuracy_vs_round.png")
     plot_worst_vs_alpha(result, out / "worst_vs_alpha.png")
     print_table(result)
-    print(
-        f"results written to {out}/ (results.json, summary.csv, runs.csv, "
-        "accuracy_vs_round.png, worst_vs_alpha.png)"
-    )
+    names = ("results.json", "summary.csv", "runs.csv", "accuracy_vs_round.png")
+    print(written(out, (*names, "worst_vs_alpha.png"), since=started))
     return 0

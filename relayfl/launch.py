@@ -250,6 +250,7 @@ class Launcher:
         self.restarted: list[dict[str, Any]] = []
         self._cv = threading.Condition()
         self._started = time.monotonic()
+        self._wall_started = time.time()  # file times of this run's outputs are after it
         self._bar: Any = None
         self._job: Any = None
         self._book: dict[int, str] = {}
@@ -656,10 +657,10 @@ class Launcher:
             print(f"nodes {extra['revived']} rejoined; their neighbours restored the edges")
         if extra.get("parts") and len(extra["parts"]) > 1:
             print(f"the tree split into parts {extra['parts']} (they trained separately)")
-        print(
-            f"results written to {self.out}/ (results.json, evaluations.csv, "
-            "learning_curve.png, partition.png; nodes/node-K/ for each node's logs)"
-        )
+        from relayfl.outdir import written
+
+        names = ("results.json", "evaluations.csv", "learning_curve.png", "partition.png")
+        print(written(self.out, names, since=self._wall_started, note="nodes/node-K/: logs"))
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:

@@ -4,18 +4,20 @@ A run that trains for an hour and then cannot write its results has thrown the h
 away. :func:`check_out` refuses a ``--out`` that cannot become a folder (it names a
 file, or sits under one, or under a folder this user cannot write) before training
 starts, and says in one line when a rerun will overwrite an earlier run's results.
+:func:`written` names, when the run is done, only the files it really wrote.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 from relayfl.errors import ConfigError
 
-__all__ = ["check_out"]
+__all__ = ["check_out", "written"]
 
 #: Files whose presence means the folder already holds a run.
 _RESULT_FILES = ("results.json", "run_config.json")
@@ -81,3 +83,24 @@ def check_out(
                 file=stream or sys.stderr,
             )
     return path
+
+
+def written(out: Path, names: Sequence[str], *, since: float, note: str = "") -> str:
+    """The ``results written to OUT/ (...)`` line of a finished command, naming only the
+    files of ``names`` this run wrote (modified at or after ``since``, a ``time.time()``
+    taken when the command started).
+
+    A file of ``names`` left by an earlier run into the same folder that this run did
+    not rewrite (``partition.png`` of a built-in run, before a run of a Flower client
+    whose partition relayfl cannot see) is removed: it would describe the other run.
+    """
+    fresh = []
+    for name in names:
+        path = out / name
+        if not path.is_file():
+            continue
+        if path.stat().st_mtime >= since - 1.0:  # file times may round below time.time()
+            fresh.append(name)
+        else:
+            path.unlink()
+    return f"results written to {out}/ ({', '.join(fresh)}{'; ' + note if note else ''})"

@@ -297,3 +297,22 @@ def test_compare_checks_every_algorithm_before_any_work() -> None:
 
     with pytest.raises(ConfigError, match="sgp needs a power-of-two number of clients"):
         CompareSpec(clients=6, algorithms=("relaysgd", "sgp"), alphas=(1.0,), seeds=(0,))
+
+
+def test_the_written_line_names_only_files_this_run_wrote(tmp_path: Path) -> None:
+    """A file the run did not write is not named; one an earlier run left (a built-in
+    run's partition.png before a Flower client's run) is removed, not passed off."""
+    import os
+    import time
+
+    from relayfl.outdir import written
+
+    stale = tmp_path / "partition.png"
+    stale.write_bytes(b"earlier run")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    started = time.time()
+    (tmp_path / "results.json").write_text("{}")
+    names = ("results.json", "evaluations.csv", "partition.png")
+    line = written(tmp_path, names, since=started, note="nodes/node-K/: logs")
+    assert line == f"results written to {tmp_path}/ (results.json; nodes/node-K/: logs)"
+    assert not stale.exists() and (tmp_path / "results.json").is_file()

@@ -315,6 +315,10 @@ def test_message_app_serverless_with_initial_file(tmp_path: Path) -> None:
     )
     fits = [r for r in launched["extra"]["client_metrics"] if "fit" in r]
     assert len(fits) == 2 * 4 and all("train_loss" in r["fit"] for r in fits)
+    line = next(x for x in p.stdout.splitlines() if x.startswith("results written to"))
+    named = line.split("(", 1)[1].split(";")[0].split(", ")
+    assert "partition.png" not in named  # relayfl cannot see a Flower client's labels
+    assert named and all((out / name).is_file() for name in named)
 
 
 def test_errors_from_flowers_engine_keep_their_type_and_message() -> None:
