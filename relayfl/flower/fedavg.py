@@ -27,16 +27,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
-from relayfl.flower.client import (
-    NO_INITIAL,
-    RUN_CONFIG,
-    TRAIN_LOSS_KEYS,
-    ClientFn,
-    RelayClientApp,
-    app_trainer,
-    can_give_initial,
-    describe_client,
-)
+from relayfl.flower.client import RUN_CONFIG, RelayClientApp, describe_client
 from relayfl.flower.protocol import (
     client_run_config,
     eval_due,
@@ -57,6 +48,13 @@ from relayfl.flower.runtime import (
     last_line,
     reply_error,
     run_simulation,
+)
+from relayfl.flower.trainers import (
+    NO_INITIAL,
+    TRAIN_LOSS_KEYS,
+    ClientFn,
+    app_trainer,
+    can_give_initial,
 )
 from relayfl.results import EvalRecord, RunResult, library_versions
 from relayfl.task import Task
@@ -118,7 +116,7 @@ def client_evaluator(
     ``p`` of ``num_clients``), as each relay worker evaluates its model; returns
     ``accuracy`` (mean over clients), ``worst-accuracy``, ``loss`` and the per-client
     ``accuracies`` / ``losses``."""
-    from relayfl.flower.client import LOSS_KEYS, accuracy_of, as_trainer
+    from relayfl.flower.trainers import LOSS_KEYS, accuracy_of, as_trainer
 
     trainer = as_trainer(client, initial_arrays)
     n = config.num_clients

@@ -23,11 +23,12 @@ from flwr.serverapp import Grid, ServerApp
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
 from relayfl.flower import protocol
-from relayfl.flower.client import NO_INITIAL, RelayClientApp, can_give_initial, describe_client
+from relayfl.flower.client import RelayClientApp, describe_client
 from relayfl.flower.inputs import load_initial
 from relayfl.flower.peer import PEER_ALGORITHMS
 from relayfl.flower.records import config_record
 from relayfl.flower.runtime import CountingGrid, FlowerRunError, check_replies, run_simulation
+from relayfl.flower.trainers import NO_INITIAL, can_give_initial
 from relayfl.results import RunResult
 
 __all__ = ["relay_app", "relay_server_app", "run_relay", "run_relay_simulation"]
@@ -291,7 +292,7 @@ def relay_app(client_app: ClientApp, initial_arrays: ArrayRecord | str | None) -
     ------
     ConfigError
         When the app has no training, or is a Message-API app and ``initial_arrays`` is
-        not an ``ArrayRecord`` (:data:`relayfl.flower.client.NO_INITIAL`).
+        not an ``ArrayRecord`` (:data:`relayfl.flower.trainers.NO_INITIAL`).
     """
     if not isinstance(client_app, ClientApp):
         raise ConfigError(

@@ -23,7 +23,8 @@ from flwr.client import Client, NumPyClient
 
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
-from relayfl.flower.client import RelayClientApp, partition_of
+from relayfl.flower.client import RelayClientApp
+from relayfl.flower.trainers import partition_of
 from relayfl.optim import make_optimizer
 from relayfl.relay import unpack
 from relayfl.simulation import make_partitions

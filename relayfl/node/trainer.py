@@ -52,7 +52,7 @@ class Trainer(Protocol):
 class FlowerTrainer:
     """A Flower client as a :class:`Trainer`, through :mod:`relayfl.flower`'s adapter.
 
-    Takes what :func:`relayfl.flower.client.as_trainer` takes: a ``client_fn(context)``
+    Takes what :func:`relayfl.flower.trainers.as_trainer` takes: a ``client_fn(context)``
     returning a ``NumPyClient`` (or ``Client``), any Flower ``ClientApp`` (a
     :class:`relayfl.flower.RelayClientApp` such as ``clients.digits:app``, a
     ``ClientApp(client_fn=...)``, or a Message-API ``ClientApp``), or a NumPyClient
@@ -88,9 +88,10 @@ class FlowerTrainer:
         initial: Any = None,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
-        from relayfl.flower.client import NO_INITIAL, as_trainer, can_give_initial, describe_client
+        from relayfl.flower.client import describe_client
         from relayfl.flower.inputs import load_initial
         from relayfl.flower.records import arrays_to_flat
+        from relayfl.flower.trainers import NO_INITIAL, as_trainer, can_give_initial
 
         if callable(getattr(client, "fit", None)) and callable(
             getattr(client, "get_parameters", None)
@@ -130,9 +131,9 @@ class FlowerTrainer:
         return flat_to_arrays(x.detach().cpu().clone(), self.layout, self._like)
 
     def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
-        from relayfl.flower.client import TRAIN_LOSS_KEYS
         from relayfl.flower.protocol import STEPS_KEY, round_lr
         from relayfl.flower.records import arrays_to_flat, client_metrics, json_metrics, scalar
+        from relayfl.flower.trainers import TRAIN_LOSS_KEYS
 
         config = {
             **self._base,
@@ -162,8 +163,8 @@ class FlowerTrainer:
         return flat.to(x.dtype), loss
 
     def evaluate(self, x: Tensor) -> tuple[float, float]:
-        from relayfl.flower.client import LOSS_KEYS, accuracy_of
         from relayfl.flower.records import client_metrics, json_metrics, scalar
+        from relayfl.flower.trainers import LOSS_KEYS, accuracy_of
 
         config = {**self._base, "server-round": self._rounds + 1}  # as node_step's
         ev = self._trainer.evaluate(self._arrays(x), config, self.context)

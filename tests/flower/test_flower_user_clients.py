@@ -90,8 +90,8 @@ def test_a_client_drawing_random_batches_repeats_and_draws_new_ones_every_round(
     Flower calls client_fn per message; relayfl seeds the process's generators per
     (seed, partition, round) around fit, so rounds draw new batches, a run repeats
     bit for bit, another seed differs, and the caller's generator state is untouched."""
-    from relayfl.flower.client import NumPyClientTrainer
     from relayfl.flower.protocol import partition_context
+    from relayfl.flower.trainers import NumPyClientTrainer
 
     trainer = NumPyClientTrainer(user_clients.client_fn)
     context = partition_context(1, 4, STOCHASTIC)
