@@ -54,7 +54,8 @@ def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 def speak_cli(message: str, parser: argparse.ArgumentParser) -> str:
     """``message`` with the Python names of ``parser``'s options replaced by the options.
 
-    Three forms are rewritten, each only where it is not already part of an option:
+    Three forms are rewritten, each only where it is not already part of an option and
+    not inside double quotes (``--run-config "lr=0.1"`` is already what to type):
     ``name=value`` becomes ``--option value``; a snake_case name (``num_clients``)
     becomes ``--option``; and a name that opens a rule (``alpha must be > 0``,
     ``local-steps must be >= 1``) becomes ``--alpha must ...``.
@@ -71,9 +72,13 @@ def speak_cli(message: str, parser: argparse.ArgumentParser) -> str:
     def snake(m: re.Match[str]) -> str:
         return option(m.group(1)) or m.group(0)
 
-    message = re.sub(r"(?<![\w.\-])([a-z][a-z0-9_]*)=([^\s,;)]+)", assign, message)
-    message = re.sub(r"(?<![\w.\-`'\"])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w(=])", snake, message)
-    return re.sub(r"(?<![\w.\-])([a-z][a-z0-9\-]*)(?= (?:\(\w+\) )?must )", snake, message)
+    def rewrite(text: str) -> str:
+        text = re.sub(r"(?<![\w.\-])([a-z][a-z0-9_]*)=([^\s,;)]+)", assign, text)
+        text = re.sub(r"(?<![\w.\-`'\"])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w(=])", snake, text)
+        return re.sub(r"(?<![\w.\-])([a-z][a-z0-9\-]*)(?= (?:\(\w+\) )?must )", snake, text)
+
+    parts = re.split(r'("[^"\n]*")', message)  # "quoted" text is already what to type
+    return "".join(part if i % 2 else rewrite(part) for i, part in enumerate(parts))
 
 
 def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:

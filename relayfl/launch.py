@@ -403,9 +403,9 @@ class Launcher:
             while not all(p.control for p in self.procs.values()):
                 dead = [p.node for p in self.procs.values() if p.popen.poll() is not None]
                 if dead:
+                    log = self.node_dir(dead[0]) / "stderr.log"
                     raise TransportError(
-                        f"node {dead[0]} exited before listening; see "
-                        f"{self.node_dir(dead[0]) / 'stderr.log'}"
+                        f"node {dead[0]} exited before listening{last_error(log)}; see {log}"
                     )
                 if time.monotonic() > deadline:
                     raise TransportError(
@@ -528,9 +528,8 @@ class Launcher:
         for node, proc in sorted(self.procs.items()):
             rc = proc.popen.poll()
             if rc not in (0, None) and not (node in killed and rc == -signal.SIGKILL):
-                return (
-                    f"node {node} exited with code {rc}; see {self.node_dir(node) / 'stderr.log'}"
-                )
+                log = self.node_dir(node) / "stderr.log"
+                return f"node {node} exited with code {rc}{last_error(log)}; see {log}"
         return None
 
     def close(self) -> None:
@@ -661,6 +660,23 @@ class Launcher:
 
         names = ("results.json", "evaluations.csv", "learning_curve.png", "partition.png")
         print(written(self.out, names, since=self._wall_started, note="nodes/node-K/: logs"))
+
+
+def last_error(log: Path) -> str:
+    """``": <the error>"``: the last line of a node's ``stderr.log`` that is not a
+    warning (a traceback's exception line, or the node's own one-line error), so the
+    launcher's one line says why; empty when the log has none."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(tail):
+        line = line.strip()
+        if line and "warning" not in line.lower() and not line.startswith(("File ", "^", "~")):
+            return ": " + line.removeprefix("relayfl: error: ")[:300]
+    return ""
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:

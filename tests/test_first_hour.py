@@ -135,6 +135,10 @@ def test_speak_cli_leaves_options_and_calls_alone() -> None:
     assert speak_cli(text, sim) == (
         "use --spanning-tree bfs (topology.spanning_tree(graph)); lower --lr, --batch-size 8"
     )
+    quoted = 'pass it in `run_config` or with --run-config "lr=0.1 batch_size=8", lr=0.2'
+    assert speak_cli(quoted, sim) == (
+        'pass it in `run_config` or with --run-config "lr=0.1 batch_size=8", --lr 0.2'
+    )
 
 
 @pytest.mark.parametrize("command", ["simulate", "compare", "launch", "node"])

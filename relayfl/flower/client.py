@@ -389,7 +389,7 @@ def use_run_config(context: Context, content: RecordDict) -> Iterator[None]:
         yield
         return
     saved = context.run_config
-    context.run_config = {**dict(saved), **dict(content[RUN_CONFIG])}
+    context.run_config = protocol.UserRunConfig({**dict(saved), **dict(content[RUN_CONFIG])})
     try:
         yield
     finally:

@@ -43,6 +43,7 @@ __all__ = [
     "STEPS_KEY",
     "X0",
     "RelayRecorder",
+    "UserRunConfig",
     "checksum",
     "client_epoch",
     "client_run_config",
@@ -150,7 +151,7 @@ def eval_due(rounds_done: int, config: RunConfig, total_rounds: int) -> bool:
 
 def client_run_config(
     config: RunConfig, run_config: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+) -> UserRunConfig:
     """The ``context.run_config`` relayfl gives the user's clients.
 
     relayfl's own settings under a ``relayfl.`` prefix (``relayfl.num-clients``, ...),
@@ -159,10 +160,30 @@ def client_run_config(
     ``run_config``, which wins.
     """
     rounds = config.steps // config.local_steps if config.local_steps else config.steps
-    out: dict[str, Any] = {f"relayfl.{k}": v for k, v in config.to_flower().items()}
+    out = UserRunConfig({f"relayfl.{k}": v for k, v in config.to_flower().items()})
     out.update({"num-server-rounds": rounds, "local-epochs": 1})
     out.update(dict(run_config or {}))
     return out
+
+
+class UserRunConfig(dict):
+    """``context.run_config`` as relayfl fills it: a ``dict`` whose missing key raises
+    a ``KeyError`` that names the keys it holds and how to pass the missing one (a
+    quickstart client reads ``context.run_config["lr"]`` that its pyproject declared)."""
+
+    def __missing__(self, key: str) -> Any:
+        mine = sorted(k for k in self if not str(k).startswith("relayfl."))
+        raise MissingRunConfigKey(
+            f"{key!r} is not in context.run_config (it holds {', '.join(mine)}); pass it in "
+            f'`run_config` (Python) or with --run-config "{key}=..." (command line)'
+        )
+
+
+class MissingRunConfigKey(KeyError):
+    """A ``KeyError`` (what user code catches) whose message reads as a sentence."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def partition_context(
@@ -181,7 +202,7 @@ def partition_context(
         node_id=partition + 1 if node_id is None else node_id,
         node_config={"partition-id": partition, "num-partitions": num_partitions},
         state=RecordDict(),
-        run_config=dict(run_config),
+        run_config=UserRunConfig(run_config),
     )
 
 

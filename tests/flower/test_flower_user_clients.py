@@ -177,6 +177,35 @@ def test_metrics_flower_allows_are_kept_and_missing_ones_are_nan() -> None:
     assert r.task["name"].startswith("user_clients:") and r.task["partition_sizes"] == [100] * 4
 
 
+def test_a_run_config_key_nobody_passed_names_the_keys_and_the_fix(tmp_path: Path) -> None:
+    """A quickstart client reading context.run_config["lr"] that its pyproject would
+    declare: a KeyError (what user code catches) naming the keys there and how to pass
+    it; relayfl launch's one line carries that line from the node's stderr.log."""
+    from relayfl.launch import last_error
+
+    class NeedsLr(user_clients.FlowerClient):
+        def __init__(self, context) -> None:
+            super().__init__(context)
+            self.lr = context.run_config["lr"]
+
+    with pytest.raises(KeyError) as info:
+        simulate_clients(lambda context: NeedsLr(context).to_client(), CFG)
+    assert str(info.value) == (
+        "'lr' is not in context.run_config (it holds local-epochs, num-server-rounds); pass "
+        'it in `run_config` (Python) or with --run-config "lr=..." (command line)'
+    )
+    ok = simulate_clients(lambda c: NeedsLr(c).to_client(), CFG, run_config={"lr": 0.1})
+    assert ok.final.mean_accuracy > 0.5
+    log = tmp_path / "stderr.log"
+    log.write_text(
+        "relayfl WARNING node 0: WARNING: --insecure: no TLS\nTraceback (most recent call "
+        'last):\n  File "x.py", line 3, in f\n    self.lr = context.run_config["lr"]\n'
+        "          ^^^^^^^^\nrelayfl.flower.protocol.MissingRunConfigKey: 'lr' is not there\n"
+    )
+    assert last_error(log) == ": relayfl.flower.protocol.MissingRunConfigKey: 'lr' is not there"
+    assert last_error(tmp_path / "missing.log") == ""
+
+
 def test_accuracy_under_a_name_of_its_own_is_read_with_accuracy_key(caplog) -> None:
     """A client reporting accuracy as "top1": null with a warning naming what it
     reported, the right value with accuracy_key="top1" (also --accuracy-key on node,
