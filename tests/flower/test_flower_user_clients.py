@@ -112,6 +112,24 @@ def test_a_client_drawing_random_batches_repeats_and_draws_new_ones_every_round(
     full_batch = _models(user_clients.client_fn)
     assert not torch.allclose(runs[0].models, full_batch)
 
+    class Unseeded(user_clients.FlowerClient):  # Net() from whatever the generator holds
+        def __init__(self, context) -> None:
+            self.net, self.run_config = user_clients.Net(), dict(context.run_config)
+
+    def unseeded(context):
+        return Unseeded(context).to_client()
+
+    def initial(seed: int) -> torch.Tensor:
+        torch.rand(7)  # the caller's generator state must not matter
+        node0 = partition_context(0, 4, STOCHASTIC)
+        arrays = NumPyClientTrainer(unseeded).initial_arrays(
+            CFG.replace(seed=seed).to_flower(), node0
+        )
+        return torch.cat([torch.from_numpy(a.numpy()).flatten() for a in arrays.values()])
+
+    assert torch.equal(initial(0), load_trainer(unseeded, CFG, 0).x0)
+    assert torch.equal(initial(0), initial(0)) and not torch.equal(initial(0), initial(1))
+
 
 def test_round_lr_is_the_schedule_relayfl_workers_use() -> None:
     """Each fit config's round-lr is lr_schedule at the round's first step (warm-up in
