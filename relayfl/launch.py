@@ -25,6 +25,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -386,6 +387,8 @@ class Launcher:
         """Write the config and certificates, start every node, hand out the addresses."""
         o = self.options
         self.out.mkdir(parents=True, exist_ok=True)
+        # an earlier launch's node logs, results and models would be merged into this run
+        shutil.rmtree(self.out / "nodes", ignore_errors=True)
         (self.out / "run_config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         if not o.insecure:
             if o.certificates is not None:
@@ -596,6 +599,16 @@ class Launcher:
     def collect(self) -> RunResult:
         """Merge the nodes' logs into one result and write the results folder."""
         result = merge_results(self.config, self.out, self.n, self.graphs)
+        if self.options.client:  # the user's client: its name, sizes and run config
+            result.task = result.task or _client_task(self.out, self.n, self.options.client)
+            if self.options.run_config:
+                from relayfl.flower.inputs import parse_run_config
+
+                result.extra["run_config"] = parse_run_config(self.options.run_config)
+        if self.failed():
+            result.status = "failed"
+        elif any(_node_status(self.node_dir(k)) == "diverged" for k in range(self.n)):
+            result.status = "diverged"
         result.extra.update(
             {
                 "launch": {
@@ -660,6 +673,30 @@ class Launcher:
 
         names = ("results.json", "evaluations.csv", "learning_curve.png", "partition.png")
         print(written(self.out, names, since=self._wall_started, note="nodes/node-K/: logs"))
+
+
+def _node_status(folder: Path) -> str | None:
+    path = folder / "results.json"
+    return RunResult.load(folder).status if path.is_file() else None
+
+
+def _client_task(out: Path, n: int, client: str) -> dict[str, Any]:
+    """A Flower client's task: its name and the ``num-examples`` each node reported."""
+    sizes, tasks = [], []
+    for k in range(n):
+        folder = out / "nodes" / f"node-{k}"
+        task = RunResult.load(folder).task if (folder / "results.json").is_file() else {}
+        sizes.append(task.get("partition_size"))
+        tasks.append(task)
+    known = [s for s in sizes if s is not None]
+    first = next((t for t in tasks if t), {})
+    return {
+        "name": first.get("name", client),
+        "parameters": first.get("parameters"),
+        "partition": "the client's own (partition-id of num-partitions)",
+        "partition_sizes": sizes,
+        "train_size": int(sum(known)) if len(known) == n else None,
+    }
 
 
 def last_error(log: Path) -> str:

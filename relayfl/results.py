@@ -29,8 +29,9 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 #: How a run ended, ``RunResult.status``: ran every step, stopped by the user
-#: (Ctrl-C / SIGTERM), or stopped because training diverged.
-STATUSES = ("completed", "interrupted", "diverged")
+#: (Ctrl-C / SIGTERM), stopped because training diverged, or a deployed node failed
+#: (``relayfl launch``: the evaluations are those the nodes logged before).
+STATUSES = ("completed", "interrupted", "diverged", "failed")
 
 
 @dataclass
@@ -104,7 +105,8 @@ class RunResult:
     extra : dict
         Anything else a command wants to keep (e.g. drops, dead nodes).
     status : str
-        One of :data:`STATUSES`: ``completed``, ``interrupted`` or ``diverged``.
+        One of :data:`STATUSES`: ``completed``, ``interrupted``, ``diverged`` or
+        ``failed``.
     """
 
     config: dict[str, Any]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,14 @@ def parse_run_config(text: str | None) -> dict[str, Any]:
         return {}
     from flwr.common.config import parse_config_args
 
+    if not text.strip().endswith(".toml"):  # Flower's parser skips what is not k=v
+        pair = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")  # its own pattern
+        rest = pair.sub(" ", text).split()
+        if rest:
+            raise ConfigError(
+                f"--run-config {text!r}: {rest[0]!r} is not key=value (no spaces around =); "
+                'write e.g. --run-config "local-epochs=2 name=\\"x\\""'
+            )
     try:
         return dict(parse_config_args([text]))
     except Exception as err:

@@ -276,7 +276,10 @@ def load_trainer(
             if isinstance(made, Task):
                 return LocalWorker(made, config, node)
             obj = made
-        return FlowerTrainer(obj, config, node, initial=initial, run_config=run_config)
+        trainer = FlowerTrainer(obj, config, node, initial=initial, run_config=run_config)
+    if isinstance(client, str):  # the user's own words for it (an app object has no name)
+        trainer.task_info["name"] = client
+    return trainer
 
 
 def _is_flower_client(obj: Any) -> bool:

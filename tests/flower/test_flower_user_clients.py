@@ -176,6 +176,9 @@ def test_run_config_reaches_the_client_and_local_epochs_the_fit_config() -> None
         "name": "a b",
         "on": True,
     }
+    for typo, word in (("local-epochs:2", "local-epochs:2"), ("local-epochs = 2", "local-epochs")):
+        with pytest.raises(ConfigError, match=f"'{word}' is not key=value"):
+            parse_run_config(typo)  # Flower's own parser would drop it silently
 
 
 def test_metrics_flower_allows_are_kept_and_missing_ones_are_nan() -> None:
@@ -344,6 +347,9 @@ def test_message_app_serverless_with_initial_file(tmp_path: Path) -> None:
     metrics kept."""
     torch.save(user_clients.new_net().state_dict(), tmp_path / "init.pt")
     out = tmp_path / "out"
+    stale = out / "nodes" / "node-0"  # an earlier launch into the same --out
+    stale.mkdir(parents=True)
+    (stale / "log.jsonl").write_text('{"event": "eval", "step": 99}\n')
     cmd = [
         sys.executable, "-m", "relayfl.cli", "launch", "--nodes", "2", "--topology", "chain",
         "--steps", "4", "--eval-every", "4", "--lr", "0.1", "--no-schedule", "--insecure",
@@ -362,6 +368,13 @@ def test_message_app_serverless_with_initial_file(tmp_path: Path) -> None:
     )
     fits = [r for r in launched["extra"]["client_metrics"] if "fit" in r]
     assert len(fits) == 2 * 4 and all("train_loss" in r["fit"] for r in fits)
+    assert launched["status"] == "completed"
+    assert [e["step"] for e in launched["evaluations"]] == [0, 4]  # not the earlier run's
+    assert launched["task"]["name"] == "user_clients:app"
+    assert launched["task"]["partition_sizes"] == [200, 200]
+    assert launched["extra"]["run_config"] == STOCHASTIC
+    model = torch.load(out / "nodes" / "node-1" / "model.pt")["state_dict"]
+    user_clients.Net().load_state_dict(model)  # the README's way to load it
     line = next(x for x in p.stdout.splitlines() if x.startswith("results written to"))
     named = line.split("(", 1)[1].split(";")[0].split(", ")
     assert "partition.png" not in named  # relayfl cannot see a Flower client's labels
