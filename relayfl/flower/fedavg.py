@@ -29,6 +29,8 @@ from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
 from relayfl.flower.client import RUN_CONFIG, RelayClientApp, describe_client
 from relayfl.flower.protocol import (
+    STEPS_KEY,
+    client_epoch,
     client_run_config,
     eval_due,
     num_rounds,
@@ -163,6 +165,8 @@ class _CheckedFedAvg(FedAvg):
         self.last_lr = math.nan
         self.sizes: list[int] = []
         self.client_metrics: list[dict[str, Any]] = []
+        #: Local steps so far: the clients' mean reported ``num-steps``, else local-steps.
+        self.steps = 0.0
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -192,12 +196,16 @@ class _CheckedFedAvg(FedAvg):
             )
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.last_train_metrics = metrics
-        self.sizes = []
+        self.sizes, reported = [], []
         for msg in replies:
             fit = dict(next(iter(msg.content.metric_records.values()), {}))
             self.sizes.append(int(fit.get("num-examples", 0)))
+            reported.append(scalar(fit, (STEPS_KEY,)))
             node = msg.metadata.src_node_id
             self.client_metrics.append({"round": server_round, "node": node, "fit": fit})
+        local = self.worker_config.local_steps if self.worker_config else 1
+        done = float(np.mean(reported)) if all(map(math.isfinite, reported)) else local
+        self.steps += done  # as RelayRecorder counts them: the clients' num-steps
         return arrays, metrics
 
 
@@ -345,12 +353,17 @@ def run_fedavg(
         grid: CountingGrid = state["grid"]
         nodes = sorted(grid.get_node_ids())
         trained = getattr(state["strategy"], "last_train_metrics", None) or {}
-        step = server_round * config.local_steps
+        strategy = state["strategy"]
+        steps = strategy.steps if strategy is not None else 0.0
+        user_epochs = (run_config or {}).get("local-epochs")
+        local_epochs = float(user_epochs) if user_epochs is not None else None
+        sizes = strategy.sizes if strategy is not None else []
+        epoch = client_epoch(steps, server_round, local_epochs, sizes, config.batch_size)
         evaluations.append(
             EvalRecord(
-                step=step,
+                step=round(steps),
                 round=server_round,
-                epoch=math.nan,
+                epoch=epoch if task is None else steps * config.batch_size / _mean_size(task, n),
                 lr=0.0 if server_round == 0 else _round_lr(trained, state["strategy"]),
                 mean_accuracy=acc,
                 worst_accuracy=float(np.min(accs)),
@@ -421,6 +434,11 @@ def run_fedavg(
             ],
         },
     )
+
+
+def _mean_size(task: Task, n: int) -> float:
+    """A worker's mean partition size: the task's training set over the clients."""
+    return len(task.x_train) / n
 
 
 def _round_lr(trained: Mapping[str, Any], strategy: Any) -> float:

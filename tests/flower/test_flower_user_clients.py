@@ -336,6 +336,7 @@ def test_quickstart_client_under_fedavg() -> None:
     )
     assert math.isfinite(r.final.train_loss) and r.final.mean_accuracy > 0.5
     assert r.final.lr == pytest.approx(0.1)
+    assert (r.final.step, r.final.epoch) == (6, 6 * 2)  # local-epochs, as on the relay paths
     rounds = {row["round"] for row in r.extra["client_metrics"]}
     assert rounds == set(range(1, 7)) and r.task["name"] == "user_clients:client_fn"
 
