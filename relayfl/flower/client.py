@@ -327,10 +327,13 @@ class RelayClientApp(ClientApp):
             msg = self._strip(msg)
             if self._app is not None and getattr(self._app, "_call", None) is None:
                 with keyed_call(_config_of(msg), context, "fit"):
-                    return self._app(msg, context)  # a Message-API app, unchanged
+                    return _tagged(self._app(msg, context), context, {})  # the app, unchanged
             record, config = _arrays_and_config(msg)
             new, metrics = self.trainer.fit(record, config, context)
-        return Message(RecordDict({"arrays": new, "metrics": metric_record(metrics)}), reply_to=msg)
+        reply = Message(
+            RecordDict({"arrays": new, "metrics": metric_record(metrics)}), reply_to=msg
+        )
+        return _tagged(reply, context, metrics)
 
     def _flower_evaluate(self, msg: Message, context: Context) -> Message:
         with use_run_config(context, msg.content):
@@ -367,6 +370,18 @@ class RelayClientApp(ClientApp):
         with use_run_config(context, msg.content):
             out = node_step(self.trainer, context, config, records)
         return Message(out, reply_to=msg)
+
+
+def _tagged(reply: Message, context: Context, metrics: Mapping[str, Any]) -> Message:
+    """A ``train`` reply under Flower's FedAvg, with the node's partition id and every
+    metric the client reported (a ``MetricRecord`` cannot hold str, bool or bytes) in
+    ConfigRecords beside Flower's records, which FedAvg leaves alone."""
+    if reply.has_error() or "partition-id" not in context.node_config:
+        return reply
+    reply.content[protocol.PARTITION] = ConfigRecord({"partition-id": partition_of(context)[0]})
+    if metrics:
+        reply.content[FIT_METRICS] = client_metrics(metrics)
+    return reply
 
 
 def _arrays_and_config(msg: Message) -> tuple[ArrayRecord, dict[str, Any]]:

@@ -29,6 +29,8 @@ from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
 from relayfl.flower.client import RUN_CONFIG, RelayClientApp, describe_client
 from relayfl.flower.protocol import (
+    FIT_METRICS,
+    PARTITION,
     STEPS_KEY,
     client_epoch,
     client_run_config,
@@ -196,13 +198,20 @@ class _CheckedFedAvg(FedAvg):
             )
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.last_train_metrics = metrics
-        self.sizes, reported = [], []
+        sizes, reported = {}, []
         for msg in replies:
             fit = dict(next(iter(msg.content.metric_records.values()), {}))
-            self.sizes.append(int(fit.get("num-examples", 0)))
+            if FIT_METRICS in msg.content:  # every metric the client reported (str, bool, ..)
+                fit = dict(msg.content[FIT_METRICS])  # type: ignore[arg-type]
             reported.append(scalar(fit, (STEPS_KEY,)))
-            node = msg.metadata.src_node_id
-            self.client_metrics.append({"round": server_round, "node": node, "fit": fit})
+            row: dict[str, Any] = {"round": server_round}
+            if PARTITION in msg.content:
+                row["partition-id"] = int(msg.content[PARTITION]["partition-id"])  # type: ignore[index]
+            else:  # a SuperNode of a plain Flower app: its node id
+                row["node"] = msg.metadata.src_node_id
+            sizes[row.get("partition-id", row.get("node"))] = int(fit.get("num-examples", 0))
+            self.client_metrics.append({**row, "fit": fit})
+        self.sizes = [sizes[k] for k in sorted(sizes)]  # in partition order
         local = self.worker_config.local_steps if self.worker_config else 1
         done = float(np.mean(reported)) if all(map(math.isfinite, reported)) else local
         self.steps += done  # as RelayRecorder counts them: the clients' num-steps
@@ -421,7 +430,11 @@ def run_fedavg(
         versions=library_versions("flwr", "ray"),
         task={"name": task.name, **task.info}
         if task is not None
-        else {"name": describe_client(client), "partition": "the client's own"},
+        else {
+            "name": describe_client(client),
+            "partition": "the client's own (partition-id of num-partitions)",
+            "partition_sizes": list(getattr(state["strategy"], "sizes", [])),
+        },
         wall_s=time.perf_counter() - started,
         engine="flower-simulation",
         extra={

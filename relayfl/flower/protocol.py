@@ -38,6 +38,7 @@ __all__ = [
     "FINAL",
     "FIT_METRICS",
     "HELLO",
+    "PARTITION",
     "ROUND",
     "RUN_CONFIG",
     "STEPS_KEY",
@@ -69,6 +70,8 @@ FINAL = "arrays"
 RUN_CONFIG = "relayfl.run-config"
 #: The client's own fit / evaluate metrics in a node's reply (``ConfigRecord``).
 FIT_METRICS = "relayfl.fit-metrics"
+#: A FedAvg ``train`` reply's partition id (a ``ConfigRecord``).
+PARTITION = "relayfl.partition"
 EVALUATE_METRICS = "relayfl.evaluate-metrics"
 
 

@@ -328,7 +328,7 @@ def test_quickstart_client_under_fedavg() -> None:
     from relayfl.flower.fedavg import client_evaluator
 
     r = run_fedavg(
-        user_clients.client_fn,
+        user_clients.extra_client_fn,  # fit metrics of every type a NumPyClient may return
         CFG,
         evaluate_fn=client_evaluator(user_clients.client_fn, CFG, run_config=RUN_CONFIG),
         run_config=RUN_CONFIG,
@@ -337,8 +337,14 @@ def test_quickstart_client_under_fedavg() -> None:
     assert math.isfinite(r.final.train_loss) and r.final.mean_accuracy > 0.5
     assert r.final.lr == pytest.approx(0.1)
     assert (r.final.step, r.final.epoch) == (6, 6 * 2)  # local-epochs, as on the relay paths
-    rounds = {row["round"] for row in r.extra["client_metrics"]}
-    assert rounds == set(range(1, 7)) and r.task["name"] == "user_clients:client_fn"
+    rows = r.extra["client_metrics"]
+    assert {(row["round"], row["partition-id"]) for row in rows} == {
+        (rnd, p) for rnd in range(1, 7) for p in range(4)
+    }  # keyed as on the relay paths, not by Flower's random node ids
+    fit = rows[-1]["fit"]
+    assert (fit["note"], fit["blob"], fit["per_step"]) == ("ok", "AAE=", [1.0, 2.0])
+    assert r.task["name"] == "user_clients:extra_client_fn"
+    assert r.task["partition_sizes"] == [100] * 4
 
 
 @pytest.mark.slow
