@@ -314,7 +314,7 @@ def _summarise(runs: list[tuple[str, float, RunResult]]) -> list[dict[str, Any]]
                 "algorithm": algorithm,
                 "topology": results[0].config.get("topology")
                 or results[0].topology.get("name", ""),
-                "alpha": _alpha_text(alpha),
+                "alpha": "own" if results[0].own_partition else _alpha_text(alpha),
                 "seeds": len(results),
                 "mean_accuracy": float(mean.mean()),
                 "mean_accuracy_std": float(mean.std()),
@@ -491,7 +491,11 @@ def plot_accuracy_vs_round(result: CompareResult, path: str | Path) -> Path:
             }
             ax.plot(rounds, mean, label=f"{algorithm} (mean)", **style)
             ax.plot(rounds, worst, linestyle="--", label=f"{algorithm} (worst)", **style)
-        ax.set_title(f"{spec.dataset}, {spec.clients} clients, alpha={_alpha_text(alpha)}")
+        ax.set_title(
+            f"{spec.client}, {spec.clients} clients"
+            if spec.client
+            else f"{spec.dataset}, {spec.clients} clients, alpha={_alpha_text(alpha)}"
+        )
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy")
         ax.set_ylim(0, 1.02)
@@ -512,8 +516,9 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
     count = max(len(spec.algorithms), 1)
     for j, algorithm in enumerate(spec.algorithms):
         rows = {r["alpha"]: r for r in result.summary if r["algorithm"] == algorithm}
-        ys = [rows.get(_alpha_text(a), {}).get("worst_accuracy", math.nan) for a in alphas]
-        es = [rows.get(_alpha_text(a), {}).get("worst_accuracy_std", 0.0) for a in alphas]
+        cells = [rows.get(_alpha_text(a)) or rows.get("own", {}) for a in alphas]  # own: --client
+        ys = [c.get("worst_accuracy", math.nan) for c in cells]
+        es = [c.get("worst_accuracy_std", 0.0) for c in cells]
         ax.errorbar(
             xs,
             ys,
@@ -537,7 +542,7 @@ def plot_worst_vs_alpha(result: CompareResult, path: str | Path) -> Path:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=10)
-    ax.set_title(f"{spec.dataset}, {spec.clients} clients, {spec.rounds} rounds")
+    ax.set_title(f"{spec.client or spec.dataset}, {spec.clients} clients, {spec.rounds} rounds")
     return _save(fig, path)
 
 

@@ -636,7 +636,9 @@ class Launcher:
             plots.learning_curves(
                 result,
                 self.out / "learning_curve.png",
-                title=f"{self.config.dataset}, {self.n} nodes (deployed), alpha={alpha}",
+                title=f"{self.options.client}, {self.n} nodes (deployed)"
+                if self.options.client
+                else f"{self.config.dataset}, {self.n} nodes (deployed), alpha={alpha}",
             )
         counts = result.task.get("partition_counts")
         if counts:

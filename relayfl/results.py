@@ -140,13 +140,19 @@ class RunResult:
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 
+    @property
+    def own_partition(self) -> bool:
+        """True for a Flower client's run: it split its data itself, so ``alpha`` and
+        ``dataset`` in ``config`` are relayfl's unused defaults (tables say ``own``)."""
+        return str(self.task.get("partition", "")).startswith("the client's own")
+
     def summary(self) -> dict[str, Any]:
         """One table row: algorithm, topology, alpha, accuracies, bytes, wall time."""
         f = self.final
         return {
             "algorithm": self.config.get("algorithm"),
             "topology": self.config.get("topology"),
-            "alpha": self.config.get("alpha"),
+            "alpha": "own" if self.own_partition else self.config.get("alpha"),
             "seed": self.seed,
             "clients": self.config.get("num_clients"),
             "steps": f.step,

@@ -439,5 +439,7 @@ def test_compare_runs_the_users_client_and_leaves_allreduce_out(capsys) -> None:
     assert [r.config["algorithm"] for r in result.runs] == ["relaysgd", "dpsgd"]
     assert all(r.task["name"] == "user_clients:client_fn" for r in result.runs)
     assert all(r.final.epoch == 3 * 2 for r in result.runs)
+    assert {row["alpha"] for row in result.summary} == {"own"}  # not relayfl's unused alpha
+    assert all(r.summary()["alpha"] == "own" for r in result.runs)
     with pytest.raises(ConfigError, match="--client runs"):
         CompareSpec(client="user_clients:client_fn", algorithms=("d2",))
