@@ -141,7 +141,7 @@ def one_line_warnings() -> None:
 
     def format_warning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
         if str(Path(filename).resolve()).startswith(_PACKAGE):
-            return f"relayfl: warning: {message}\n"
+            return f"relayfl: warning: {str(message).removeprefix('relayfl: ')}\n"
         return default(message, category, filename, lineno, line)
 
     warnings.formatwarning = format_warning
