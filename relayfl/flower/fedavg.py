@@ -41,6 +41,7 @@ from relayfl.flower.protocol import (
 )
 from relayfl.flower.records import (
     arrays_to_flat,
+    client_metrics,
     config_record,
     json_metrics,
     ndarrays_to_record,
@@ -128,12 +129,17 @@ def client_evaluator(
     contexts = [partition_context(p, n, user_config) for p in range(n)]
     settings = fedavg_worker_config(config).to_flower()
 
+    kept: list[dict[str, Any]] = []
+
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         acc, loss = [], []
         for p in range(n):
             ev = trainer.evaluate(arrays, {**settings, "server-round": server_round}, contexts[p])
             acc.append(accuracy_of(ev, config.accuracy_key))
             loss.append(scalar(ev, LOSS_KEYS))
+            # as on the relay paths: the round whose message found the model evaluated
+            row = {"round": server_round + 1, "partition-id": p}
+            kept.append({**row, "evaluate": json_metrics(client_metrics(ev))})
         return MetricRecord(
             {
                 "accuracy": float(np.mean(acc)),
@@ -144,6 +150,7 @@ def client_evaluator(
             }
         )
 
+    evaluate.client_metrics = kept  # type: ignore[attr-defined]  # run_fedavg keeps them
     return evaluate
 
 
@@ -441,10 +448,14 @@ def run_fedavg(
             "strategy": "flwr.serverapp.strategy.FedAvg",
             "round_times": round_times,
             "num_supernodes": n,
-            "client_metrics": [
-                {**row, "fit": json_metrics(row["fit"])}
-                for row in getattr(state["strategy"], "client_metrics", [])
-            ],
+            "client_metrics": sorted(
+                [
+                    {**row, "fit": json_metrics(row["fit"])}
+                    for row in getattr(state["strategy"], "client_metrics", [])
+                ]
+                + list(getattr(evaluate_fn, "client_metrics", [])),  # client_evaluator's
+                key=lambda row: (row["round"], row.get("partition-id", -1)),
+            ),
         },
     )
 

@@ -338,11 +338,15 @@ def test_quickstart_client_under_fedavg() -> None:
     assert r.final.lr == pytest.approx(0.1)
     assert (r.final.step, r.final.epoch) == (6, 6 * 2)  # local-epochs, as on the relay paths
     rows = r.extra["client_metrics"]
-    assert {(row["round"], row["partition-id"]) for row in rows} == {
+    fits = [row for row in rows if "fit" in row]
+    assert {(row["round"], row["partition-id"]) for row in fits} == {
         (rnd, p) for rnd in range(1, 7) for p in range(4)
     }  # keyed as on the relay paths, not by Flower's random node ids
-    fit = rows[-1]["fit"]
+    fit = fits[-1]["fit"]
     assert (fit["note"], fit["blob"], fit["per_step"]) == ("ok", "AAE=", [1.0, 2.0])
+    evaluated = [row for row in rows if "evaluate" in row]
+    assert {row["round"] for row in evaluated} == {1, 4, 7}  # models after 0, 3 and 6 rounds
+    assert all("accuracy" in row["evaluate"] for row in evaluated)
     assert r.task["name"] == "user_clients:extra_client_fn"
     assert r.task["partition_sizes"] == [100] * 4
 
