@@ -182,7 +182,7 @@ def dropout_masks(
 
 
 def lr_schedule(
-    config: RunConfig, parts: list[np.ndarray], graphs: tuple
+    config: RunConfig, parts: list[np.ndarray], graphs: tuple, *, notes: bool = True
 ) -> tuple[Callable[[int], float], float, float]:
     """The learning rate per step for this run (docs/algorithm.md 1.8).
 
@@ -190,13 +190,14 @@ def lr_schedule(
     partition size over the batch size; ``correction`` is ``1 + mean delay`` for
     ``relaysgd`` with ``lr_correction`` (mean over trees), else 1. Logs one line when
     the default warm-up is capped to fit the run, and warns when an explicit
-    ``warmup_epochs`` covers the whole run (:func:`relayfl.optim.schedule_notes`).
+    ``warmup_epochs`` covers the whole run (:func:`relayfl.optim.schedule_notes`);
+    ``notes=False`` for a caller asking every round.
     """
     correction = 1.0
     if config.lr_correction and config.algorithm == "relaysgd":
         correction = float(np.mean([topology.delay_correction(g) for g in graphs]))
     steps_per_epoch = float(np.mean([len(p) for p in parts])) / config.batch_size
-    if config.schedule and config.num_clients > 1:
+    if notes and config.schedule and config.num_clients > 1:
         info, warning = schedule_notes(
             config.warmup_epochs, steps_per_epoch=steps_per_epoch, total_steps=config.steps
         )

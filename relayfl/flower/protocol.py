@@ -13,6 +13,7 @@ record per neighbour (``relayfl.to.<j>.<k>``). The server only moves each
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import zlib
@@ -234,11 +235,16 @@ def round_lr(config: RunConfig, sizes: Sequence[int], step: int) -> float:
     """
     from relayfl.simulation import lr_schedule
 
-    correct = config.algorithm == "relaysgd" and config.lr_correction
-    graphs = config.build_graphs() if correct else ()
     parts = [np.arange(k) for k in (sizes if any(sizes) else [config.batch_size])]
-    lr_at, _, _ = lr_schedule(config, parts, graphs)
+    lr_at, _, _ = lr_schedule(config, parts, _graphs(config), notes=False)
     return float(lr_at(step))
+
+
+@functools.lru_cache(maxsize=8)
+def _graphs(config: RunConfig) -> tuple:
+    """The graphs the relay correction of ``round_lr`` needs (built once per run)."""
+    correct = config.algorithm == "relaysgd" and config.lr_correction
+    return tuple(config.build_graphs()) if correct else ()
 
 
 def client_epoch(
@@ -290,9 +296,12 @@ class RelayRecorder:
         #: ``local-steps`` per round.
         self.steps = 0.0
 
-    def round_lr(self, step: int) -> float:
-        """:func:`round_lr` at ``step`` with the sizes the clients reported so far."""
-        return round_lr(self.config, self.num_examples, step)
+    def round_lr(self, step: int, partition: int | None = None) -> float:
+        """:func:`round_lr` at ``step``: with ``partition``, from the ``num-examples``
+        that client reported last (what a serverless node knows, so every path sends
+        a client the same lr); else from the mean over the clients."""
+        sizes = self.num_examples if partition is None else [self.num_examples[partition]]
+        return round_lr(self.config, sizes, step)
 
     def client_reported(self, rnd: int, replies: Mapping[int, RecordDict]) -> None:
         """Keep every metric the clients reported in round ``rnd`` (1-based; the
@@ -414,7 +423,8 @@ def relay_rounds(
 
     Each round's config holds ``RunConfig.to_flower()``, ``server-round``,
     ``num-rounds``, ``local-steps`` and ``round-lr``: the learning rate relayfl's own
-    workers use at the round's first step (:meth:`RelayRecorder.round_lr`). A
+    workers use at the round's first step, its epoch from that client's own
+    ``num-examples`` as on a serverless node (:meth:`RelayRecorder.round_lr`). A
     ``run_config`` travels as the record ``relayfl.run-config`` (the nodes merge it
     into ``context.run_config``).
 
@@ -444,13 +454,19 @@ def relay_rounds(
             "evaluate": eval_due(rnd - 1, config, total),
             "return-model": bool(return_models and final),
             "initial": "shared" if x0 is not None else "own",
-            "round-lr": recorder.round_lr((rnd - 1) * config.local_steps),
         }
         if run_config and "local-epochs" in run_config:
             settings["local-epochs"] = run_config["local-epochs"]
         user = {RUN_CONFIG: config_record(client_run_config(config, run_config))}
+        step = (rnd - 1) * config.local_steps
         contents = {
-            p: RecordDict({"config": config_record(settings), **user, **incoming[p]})
+            p: RecordDict(
+                {
+                    "config": config_record({**settings, "round-lr": recorder.round_lr(step, p)}),
+                    **user,
+                    **incoming[p],
+                }
+            )
             for p in range(n)
         }
         log(INFO, "")

@@ -95,8 +95,10 @@ def accuracy_of(metrics: Mapping[str, Any], key: str | None = None) -> float:
                 f"{', '.join(reported) or 'nothing'}); name one of those with --accuracy-key "
                 "(accuracy_key= in Python)"
             )
+        _check_fraction(float(metrics[key]), key)
         return float(metrics[key])
     value = scalar(metrics, ACCURACY_KEYS)
+    _check_fraction(value, next((k for k in ACCURACY_KEYS if k in metrics), ""))
     if math.isnan(value) and tuple(reported) not in _UNREPORTED:
         _UNREPORTED.add(tuple(reported))
         log.warning(
@@ -105,6 +107,16 @@ def accuracy_of(metrics: Mapping[str, Any], key: str | None = None) -> float:
             ", ".join(reported) or "nothing",
         )
     return value
+
+
+def _check_fraction(value: float, key: str) -> None:
+    """Refuse an accuracy outside [0, 1] (a percentage would be averaged silently)."""
+    if math.isfinite(value) and not 0.0 <= value <= 1.0:
+        raise ConfigError(
+            f"the client's evaluate reported {key}={value:g}; relayfl reads accuracy as a "
+            "fraction in [0, 1]: report it divided by 100, or name a metric that is one "
+            "with --accuracy-key"
+        )
 
 
 #: Metric names read as the test loss (``evaluate``'s returned loss is ``loss``).
@@ -430,13 +442,17 @@ def keyed_call(
     config: Mapping[str, Any], context: Context, stream: str
 ) -> contextlib.AbstractContextManager[None]:
     """:func:`relayfl.rng.seeded_globals` for one call of the user's client, keyed by
-    the run's ``seed``, the partition id and ``server-round`` (the initial model: 0),
+    the run's ``seed``, the partition id and ``server-round`` (the initial model: one
+    key for every node, so an unseeded ``Net()`` is the same model on each),
     so every path draws the same numbers; no seeding when the config has no ``seed``
     or the node no partition id (a plain Flower run)."""
     if "seed" not in config or "partition-id" not in context.node_config:
         return contextlib.nullcontext()
     pid, _ = partition_of(context)
-    rnd = 0 if stream == "initial" else int(config.get("server-round", 0))
+    if stream == "initial":  # one key on every node: each serverless node asks its own
+        pid, rnd = 0, 0
+    else:
+        rnd = int(config.get("server-round", 0))
     return rng.seeded_globals(int(config["seed"]), pid, rnd, stream)
 
 

@@ -178,19 +178,28 @@ class FlowerTrainer:
         from relayfl.flower.protocol import client_epoch
 
         local_epochs = self.user_config.get("local-epochs")
+        # per round as reported, times the run's rounds: a node that resumed from a
+        # checkpoint and caught up with its neighbours trained fewer rounds itself
+        per_round = self.steps / self._rounds if self._rounds else self.config.local_steps
+        steps = per_round * rounds
         sizes = [self.num_samples]
-        epoch = client_epoch(
-            self.steps, rounds, float(local_epochs or 0), sizes, self.config.batch_size
-        )
-        return round(self.steps), epoch
+        epoch = client_epoch(steps, rounds, float(local_epochs or 0), sizes, self.config.batch_size)
+        return round(steps), epoch
+
+    def lr_at(self, step: int) -> float:
+        """The ``round-lr`` sent at ``step`` (results' ``lr``, as on the other paths)."""
+        from relayfl.flower.protocol import round_lr
+
+        return round_lr(self.config, [self.num_samples], step)
 
     def state_dict(self) -> dict:
-        return {"context_state": self.context.state, "steps": self.steps}
+        return {"context_state": self.context.state, "steps": self.steps, "rounds": self._rounds}
 
     def load_state_dict(self, state: dict) -> None:
         if "context_state" in state:
             self.context.state = state["context_state"]
         self.steps = float(state.get("steps", self.steps))
+        self._rounds = int(state.get("rounds", self._rounds))
 
 
 def _import(spec: str) -> Any:

@@ -15,6 +15,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -272,6 +273,51 @@ def test_steps_and_epochs_count_what_the_client_reports() -> None:
     node = load_trainer(user_clients.client_fn, CFG, 0, run_config={})
     x, _ = node.train(node.x0, 0, 1)
     assert node.progress(1) == (1, pytest.approx(CFG.batch_size / 100))  # 100 samples
+
+
+class Uneven(user_clients.FlowerClient):
+    """Partitions of 40 and 160 samples; records the round-lr each fit is sent."""
+
+    seen: ClassVar[list[tuple[int, int, float]]] = []
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        self.pid = context.node_config["partition-id"]
+        cut = 40 if self.pid == 0 else 160
+        self.data = (user_clients._X[:cut], user_clients._Y[:cut])
+
+    def fit(self, parameters, config):
+        Uneven.seen.append((self.pid, int(config["server-round"]), float(config["round-lr"])))
+        return super().fit(parameters, config)
+
+
+def test_round_lr_counts_each_clients_own_examples_on_every_path() -> None:
+    """With a warm-up in epochs and partitions of 40 and 160 samples, each client is
+    sent the lr of its own epoch length, in process as on a serverless node (which
+    knows only its own num-examples), so the paths give the same models."""
+    cfg = CFG.replace(num_clients=2, schedule=True, warmup_epochs=1.0, batch_size=20)
+    Uneven.seen.clear()
+    simulate_clients(lambda c: Uneven(c).to_client(), cfg, run_config=RUN_CONFIG)
+    in_process = sorted(Uneven.seen)
+    Uneven.seen.clear()
+    for pid in (0, 1):
+        node = load_trainer(lambda c: Uneven(c).to_client(), cfg, pid, run_config=RUN_CONFIG)
+        x = node.x0
+        for step in range(cfg.steps):
+            x, _ = node.train(x, step, 1)
+    assert sorted(Uneven.seen) == in_process
+    lr1 = dict(((p, r), lr) for p, r, lr in in_process)
+    assert lr1[(0, 2)] != lr1[(1, 2)]  # 40 vs 160 samples: warm-up of 2 vs 8 steps
+
+
+def test_accuracy_as_a_percentage_is_refused() -> None:
+    class Percent(user_clients.FlowerClient):
+        def evaluate(self, parameters, config):
+            loss, n, m = super().evaluate(parameters, config)
+            return loss, n, {"accuracy": 100 * m["accuracy"]}
+
+    with pytest.raises(ConfigError, match=r"accuracy=\d+.*fraction in \[0, 1\]"):
+        simulate_clients(lambda c: Percent(c).to_client(), CFG, run_config=RUN_CONFIG)
 
 
 def test_arrays_in_another_order_are_refused_naming_the_position() -> None:
