@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -143,7 +144,8 @@ class Node(Liveness, StepProtocol):
         self._acyclic = all(nx.is_forest(g) for g in self.graphs)
         self.numels = [len(range(d)[sl]) for sl in self.slices]
         itemsize = torch.empty((), dtype=self.msg_dtype).element_size()
-        self.run_id = run_id(config, self.graphs, options.run_name)
+        x0_bytes = self.x0.detach().cpu().contiguous().numpy().tobytes()
+        self.run_id = run_id(config, self.graphs, options.run_name, f"{zlib.crc32(x0_bytes):08x}")
         self._check = MessageCheck(
             self.run_id, self.tree_neighbors, self.msg_dtype, self.numels, relay=self.relay, n=n
         )

@@ -24,12 +24,14 @@ class NodeStopped(RelayflError):
     """The node was asked to stop (SIGTERM, or :meth:`Node.stop`) before the last step."""
 
 
-def run_id(config: RunConfig, graphs: Sequence[nx.Graph], name: str = "") -> str:
+def run_id(config: RunConfig, graphs: Sequence[nx.Graph], name: str = "", initial: str = "") -> str:
     """A short id shared by every node of one run, and only by them.
 
     A hash of the config (without machine-local fields: device, engine, data root and
-    the topology's file path) and of the topology's edges, so nodes started with
-    different options or topologies refuse each other.
+    the topology's file path), of the topology's edges and of ``initial`` (a checksum
+    of the node's initial model), so nodes started with different options, topologies
+    or initial models (a Flower client without ``--initial`` that builds an unseeded
+    model on each node) refuse each other instead of relaying from different starts.
     """
     data = config.to_dict()
     for key in ("device", "engine", "data_root", "topology", "precision", "channels_last"):
@@ -37,6 +39,8 @@ def run_id(config: RunConfig, graphs: Sequence[nx.Graph], name: str = "") -> str
     data["graphs"] = [sorted(sorted(map(int, e)) for e in g.edges) for g in graphs]
     data["graph_nodes"] = [g.number_of_nodes() for g in graphs]
     data["name"] = name
+    if initial:
+        data["initial"] = initial
     raw = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
 

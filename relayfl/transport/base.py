@@ -256,7 +256,7 @@ def check_control(body: Mapping[str, Any], spec: LinkSpec) -> int:
         raise Rejected(
             "wrong-run",
             f"node {sender} runs run id {run!r}, this node {spec.run_id!r}; start every node "
-            "with the same options, config and topology",
+            "with the same options, config, topology and initial model (--initial FILE)",
         )
     if sender not in spec.peers:
         raise Rejected(

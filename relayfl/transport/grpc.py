@@ -525,7 +525,7 @@ class GrpcTransport:
                 raise Rejected(
                     "wrong-run",
                     f"node {peer} answered for run {reply.get('run')!r}; start every node "
-                    "with the same options, config and topology",
+                    "with the same options, config, topology and initial model (--initial FILE)",
                 )
             if reply.get("sender") != peer:
                 raise Rejected(

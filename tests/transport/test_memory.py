@@ -289,3 +289,5 @@ def test_run_id_ignores_machine_local_fields_but_not_the_run() -> None:
     assert a != run_id(_config(lr=0.2), g)
     assert a != run_id(_config(), topology.build("chain", 5))
     assert a != run_id(_config(), g, "other-name")
+    # nodes that would relay from different initial models refuse each other
+    assert run_id(_config(), g, "", "0a1b2c3d") != run_id(_config(), g, "", "0a1b2c3e")
