@@ -129,6 +129,7 @@ def test_a_client_drawing_random_batches_repeats_and_draws_new_ones_every_round(
         return torch.cat([torch.from_numpy(a.numpy()).flatten() for a in arrays.values()])
 
     assert torch.equal(initial(0), load_trainer(unseeded, CFG, 0).x0)
+    assert torch.equal(initial(0), load_trainer(unseeded, CFG, 3).x0)  # every node alike
     assert torch.equal(initial(0), initial(0)) and not torch.equal(initial(0), initial(1))
 
 
