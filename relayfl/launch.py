@@ -25,7 +25,6 @@ import json
 import math
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -387,8 +386,11 @@ class Launcher:
         """Write the config and certificates, start every node, hand out the addresses."""
         o = self.options
         self.out.mkdir(parents=True, exist_ok=True)
-        # an earlier launch's node logs, results and models would be merged into this run
-        shutil.rmtree(self.out / "nodes", ignore_errors=True)
+        # an earlier launch's node logs, results, models and checkpoints would be merged
+        # into (or resumed by) this run; other files in the node folders are left alone
+        for folder in (self.out / "nodes").glob("node-*"):
+            for name in _NODE_OUTPUTS:
+                (folder / name).unlink(missing_ok=True)
         (self.out / "run_config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         if not o.insecure:
             if o.certificates is not None:
@@ -675,6 +677,17 @@ class Launcher:
 
         names = ("results.json", "evaluations.csv", "learning_curve.png", "partition.png")
         print(written(self.out, names, since=self._wall_started, note="nodes/node-K/: logs"))
+
+
+#: What a node writes into its folder; removed before a launch into a used ``--out``.
+_NODE_OUTPUTS = (
+    "log.jsonl",
+    "results.json",
+    "evaluations.csv",
+    "model.pt",
+    "checkpoint.pt",
+    "stderr.log",
+)
 
 
 def _node_status(folder: Path) -> str | None:

@@ -516,8 +516,10 @@ class GrpcTransport:
             code = err.code() if hasattr(err, "code") else None
             if code in _REFUSAL_CODES:
                 detail = err.details() or str(code)
-                kind = detail.split(":", 1)[0]
-                raise Rejected(kind if kind in REJECT_KINDS else "malformed", detail) from None
+                kind, _, rest = detail.partition(":")
+                if kind in REJECT_KINDS:  # the peer's "kind: detail", not kind twice
+                    raise Rejected(kind, rest.strip()) from None
+                raise Rejected("malformed", detail) from None
             return None
         try:
             reply = json.loads(raw)
