@@ -406,10 +406,12 @@ def run_compare(
                 if save_to is not None and len(done) < total:
                     _partial(spec, done, started).save(save_to)
                 f = result.final
+                shown = "own" if result.own_partition else _alpha_text(alpha)
                 say(
-                    f"[{len(done)}/{total}] {algorithm:<10} alpha={_alpha_text(alpha):<5} "
+                    f"[{len(done)}/{total}] {algorithm:<10} alpha={shown:<5} "
                     f"seed={seed}: mean {f.mean_accuracy:.3f}, worst {f.worst_accuracy:.3f} "
-                    f"({time.perf_counter() - t:.1f} s, {result.engine})"
+                    f"({result.wall_s:.1f} s run, {time.perf_counter() - t:.1f} s in all, "
+                    f"{result.engine})"
                 )
     result = _partial(spec, done, started)
     result.status = "completed"
