@@ -601,16 +601,12 @@ class Launcher:
     def collect(self) -> RunResult:
         """Merge the nodes' logs into one result and write the results folder."""
         result = merge_results(self.config, self.out, self.n, self.graphs)
-        if self.options.client:  # the user's client: its name, sizes and run config
-            result.task = result.task or _client_task(self.out, self.n, self.options.client)
-            if self.options.run_config:
-                from relayfl.flower.inputs import parse_run_config
+        if self.options.client and self.options.run_config:  # the user's run config
+            from relayfl.flower.inputs import parse_run_config
 
-                result.extra["run_config"] = parse_run_config(self.options.run_config)
+            result.extra["run_config"] = parse_run_config(self.options.run_config)
         if self.failed():
             result.status = "failed"
-        elif any(_node_status(self.node_dir(k)) == "diverged" for k in range(self.n)):
-            result.status = "diverged"
         result.extra.update(
             {
                 "launch": {
@@ -690,27 +686,20 @@ _NODE_OUTPUTS = (
 )
 
 
-def _node_status(folder: Path) -> str | None:
-    path = folder / "results.json"
-    return RunResult.load(folder).status if path.is_file() else None
-
-
-def _client_task(out: Path, n: int, client: str) -> dict[str, Any]:
-    """A Flower client's task: its name and the ``num-examples`` each node reported."""
-    sizes, tasks = [], []
-    for k in range(n):
-        folder = out / "nodes" / f"node-{k}"
-        task = RunResult.load(folder).task if (folder / "results.json").is_file() else {}
-        sizes.append(task.get("partition_size"))
-        tasks.append(task)
+def _client_task(tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Flower client's task from its nodes' tasks (``{}`` for a node without
+    results): its name and the ``num-examples`` each node reported."""
+    sizes = [t.get("partition_size") for t in tasks]
     known = [s for s in sizes if s is not None]
     first = next((t for t in tasks if t), {})
+    if not str(first.get("partition", "")).startswith("the client's own"):
+        return {}  # not a Flower client's nodes
     return {
-        "name": first.get("name", client),
+        "name": first.get("name"),
         "parameters": first.get("parameters"),
-        "partition": "the client's own (partition-id of num-partitions)",
+        "partition": first["partition"],
         "partition_sizes": sizes,
-        "train_size": int(sum(known)) if len(known) == n else None,
+        "train_size": int(sum(known)) if len(known) == len(tasks) else None,
     }
 
 
@@ -755,7 +744,7 @@ def merge_results(config: RunConfig, out: Path, n: int, graphs: Any) -> RunResul
     from relayfl.node import split_parts
 
     per_node: dict[int, dict[int, dict[str, Any]]] = {}
-    extras: dict[int, dict[str, Any]] = {}
+    finished: dict[int, RunResult] = {}  # the nodes that wrote their results
     dead: list[dict[str, Any]] = []
     revived: set[int] = set()
     for k in range(n):
@@ -785,7 +774,8 @@ def merge_results(config: RunConfig, out: Path, n: int, graphs: Any) -> RunResul
                 revived.add(int(event.get("neighbor", k)))
         per_node[k] = evals
         if (folder / "results.json").is_file():
-            extras[k] = RunResult.load(folder).extra
+            finished[k] = RunResult.load(folder)
+    extras = {k: r.extra for k, r in finished.items()}
     steps = sorted({s for evals in per_node.values() for s in evals})
     evaluations = []
     nan = math.nan
@@ -847,11 +837,14 @@ def merge_results(config: RunConfig, out: Path, n: int, graphs: Any) -> RunResul
     # neighbour declared it dead (a pause, a partition) and finished before it was back
     gone = {e["neighbor"] for e in dead} - revived - set(extras)
     task_info: dict[str, Any] = {}
-    for k in sorted(extras):  # every node of the run holds the same split
-        info = RunResult.load(out / "nodes" / f"node-{k}").task
+    for k in sorted(finished):  # every node of the run holds the same split
+        info = finished[k].task
         if info.get("partition_counts"):
             task_info = {key: v for key, v in info.items() if key != "partition_size"}
             break
+    if not task_info and finished:
+        task_info = _client_task([finished[k].task if k in finished else {} for k in range(n)])
+    diverged = any(r.status == "diverged" for r in finished.values())
     return RunResult(
         config=config.to_dict(),
         evaluations=evaluations,
@@ -875,4 +868,5 @@ def merge_results(config: RunConfig, out: Path, n: int, graphs: Any) -> RunResul
             ],
         },
         models=models,
+        status="diverged" if diverged else "completed",
     )

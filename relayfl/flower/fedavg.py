@@ -31,13 +31,13 @@ from relayfl.flower.client import RUN_CONFIG, RelayClientApp, describe_client
 from relayfl.flower.protocol import (
     FIT_METRICS,
     PARTITION,
-    STEPS_KEY,
     client_epoch,
     client_run_config,
     eval_due,
     num_rounds,
     partition_context,
     round_lr,
+    steps_taken,
 )
 from relayfl.flower.records import (
     arrays_to_flat,
@@ -205,12 +205,12 @@ class _CheckedFedAvg(FedAvg):
             )
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.last_train_metrics = metrics
-        sizes, reported = {}, []
+        sizes, fits = {}, []
         for msg in replies:
             fit = dict(next(iter(msg.content.metric_records.values()), {}))
             if FIT_METRICS in msg.content:  # every metric the client reported (str, bool, ..)
                 fit = dict(msg.content[FIT_METRICS])  # type: ignore[arg-type]
-            reported.append(scalar(fit, (STEPS_KEY,)))
+            fits.append(fit)
             row: dict[str, Any] = {"round": server_round}
             if PARTITION in msg.content:
                 row["partition-id"] = int(msg.content[PARTITION]["partition-id"])  # type: ignore[index]
@@ -220,8 +220,7 @@ class _CheckedFedAvg(FedAvg):
             self.client_metrics.append({**row, "fit": fit})
         self.sizes = [sizes[k] for k in sorted(sizes)]  # in partition order
         local = self.worker_config.local_steps if self.worker_config else 1
-        done = float(np.mean(reported)) if all(map(math.isfinite, reported)) else local
-        self.steps += done  # as RelayRecorder counts them: the clients' num-steps
+        self.steps += steps_taken(fits, local)  # as RelayRecorder counts them
         return arrays, metrics
 
 
@@ -368,18 +367,21 @@ def run_fedavg(
         losses = list(metrics.get("losses", [loss] * n))
         grid: CountingGrid = state["grid"]
         nodes = sorted(grid.get_node_ids())
-        trained = getattr(state["strategy"], "last_train_metrics", None) or {}
         strategy = state["strategy"]
+        trained = getattr(strategy, "last_train_metrics", None) or {}
         steps = strategy.steps if strategy is not None else 0.0
-        user_epochs = (run_config or {}).get("local-epochs")
-        local_epochs = float(user_epochs) if user_epochs is not None else None
-        sizes = strategy.sizes if strategy is not None else []
+        if task is not None:  # the simulator's epoch: the task's mean partition
+            local_epochs, sizes = None, [len(task.x_train) / n]
+        else:
+            user_epochs = (run_config or {}).get("local-epochs")
+            local_epochs = float(user_epochs) if user_epochs is not None else None
+            sizes = strategy.sizes if strategy is not None else []
         epoch = client_epoch(steps, server_round, local_epochs, sizes, config.batch_size)
         evaluations.append(
             EvalRecord(
                 step=round(steps),
                 round=server_round,
-                epoch=epoch if task is None else steps * config.batch_size / _mean_size(task, n),
+                epoch=epoch,
                 lr=0.0 if server_round == 0 else _round_lr(trained, state["strategy"]),
                 mean_accuracy=acc,
                 worst_accuracy=float(np.min(accs)),
@@ -458,11 +460,6 @@ def run_fedavg(
             ),
         },
     )
-
-
-def _mean_size(task: Task, n: int) -> float:
-    """A worker's mean partition size: the task's training set over the clients."""
-    return len(task.x_train) / n
 
 
 def _round_lr(trained: Mapping[str, Any], strategy: Any) -> float:

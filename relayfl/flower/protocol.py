@@ -30,7 +30,7 @@ from torch import Tensor
 from relayfl import topology
 from relayfl.config import RunConfig
 from relayfl.errors import ConfigError
-from relayfl.flower.records import arrays_to_flat, config_record, json_metrics
+from relayfl.flower.records import arrays_to_flat, config_record, json_metrics, scalar
 from relayfl.relay import Layout
 from relayfl.results import EvalRecord, RunResult, library_versions
 
@@ -56,6 +56,7 @@ __all__ = [
     "relay_rounds",
     "round_lr",
     "route",
+    "steps_taken",
     "to_key",
 ]
 
@@ -155,7 +156,7 @@ def eval_due(rounds_done: int, config: RunConfig, total_rounds: int) -> bool:
 
 def client_run_config(
     config: RunConfig, run_config: Mapping[str, Any] | None = None
-) -> UserRunConfig:
+) -> dict[str, Any]:
     """The ``context.run_config`` relayfl gives the user's clients.
 
     relayfl's own settings under a ``relayfl.`` prefix (``relayfl.num-clients``, ...),
@@ -164,7 +165,7 @@ def client_run_config(
     ``run_config``, which wins.
     """
     rounds = config.steps // config.local_steps if config.local_steps else config.steps
-    out = UserRunConfig({f"relayfl.{k}": v for k, v in config.to_flower().items()})
+    out: dict[str, Any] = {f"relayfl.{k}": v for k, v in config.to_flower().items()}
     out.update({"num-server-rounds": rounds, "local-epochs": 1})
     out.update(dict(run_config or {}))
     return out
@@ -248,7 +249,11 @@ def _graphs(config: RunConfig) -> tuple:
 
 
 def client_epoch(
-    steps: float, rounds: int, local_epochs: float | None, sizes: Sequence[int], batch_size: int
+    steps: float,
+    rounds: int,
+    local_epochs: float | None,
+    sizes: Sequence[float],
+    batch_size: int,
 ) -> float:
     """The epoch of a Flower client after ``rounds`` rounds and ``steps`` local steps:
     ``rounds * local-epochs`` when the user sets ``local-epochs``, else ``steps`` times
@@ -263,6 +268,15 @@ def client_epoch(
 #: Fit metric a client may report with the optimizer steps it took (default: the
 #: round's ``local-steps``); results count steps from it.
 STEPS_KEY = "num-steps"
+
+
+def steps_taken(fit_metrics: Sequence[Mapping[str, Any]], local_steps: int) -> float:
+    """Local steps of one round: the mean ``num-steps`` the clients' fits reported when
+    every one reported it, else ``local_steps`` (the same rule on every path)."""
+    reported = [scalar(m, (STEPS_KEY,)) for m in fit_metrics]
+    if reported and all(math.isfinite(v) for v in reported):
+        return float(np.mean(reported))
+    return float(local_steps)
 
 
 class RelayRecorder:
@@ -296,12 +310,11 @@ class RelayRecorder:
         #: ``local-steps`` per round.
         self.steps = 0.0
 
-    def round_lr(self, step: int, partition: int | None = None) -> float:
-        """:func:`round_lr` at ``step``: with ``partition``, from the ``num-examples``
-        that client reported last (what a serverless node knows, so every path sends
-        a client the same lr); else from the mean over the clients."""
-        sizes = self.num_examples if partition is None else [self.num_examples[partition]]
-        return round_lr(self.config, sizes, step)
+    def round_lr(self, step: int, partition: int) -> float:
+        """:func:`round_lr` at ``step`` from the ``num-examples`` client ``partition``
+        reported last (what a serverless node knows, so every path sends a client the
+        same lr)."""
+        return round_lr(self.config, [self.num_examples[partition]], step)
 
     def client_reported(self, rnd: int, replies: Mapping[int, RecordDict]) -> None:
         """Keep every metric the clients reported in round ``rnd`` (1-based; the
@@ -322,9 +335,7 @@ class RelayRecorder:
         lrs = [float(m["lr"]) for m in metrics if "lr" in m]
         self.lr = float(np.mean(lrs)) if lrs else math.nan
         self.num_examples = [int(_metric(m, "num-examples")) for m in metrics]
-        reported = [_metric(m, STEPS_KEY) for m in metrics]
-        done = np.mean(reported) if all(math.isfinite(v) for v in reported) else math.nan
-        self.steps += float(done) if math.isfinite(done) else self.config.local_steps
+        self.steps += steps_taken(metrics, self.config.local_steps)
 
     def evaluated(
         self, rounds_done: int, metrics: Sequence[Mapping[str, Any]], models: Tensor | None = None

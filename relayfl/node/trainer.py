@@ -131,7 +131,7 @@ class FlowerTrainer:
         return flat_to_arrays(x.detach().cpu().clone(), self.layout, self._like)
 
     def train(self, x: Tensor, step: int, num_steps: int = 1) -> tuple[Tensor, float]:
-        from relayfl.flower.protocol import STEPS_KEY, round_lr
+        from relayfl.flower.protocol import steps_taken
         from relayfl.flower.records import arrays_to_flat, client_metrics, json_metrics, scalar
         from relayfl.flower.trainers import TRAIN_LOSS_KEYS
 
@@ -140,15 +140,14 @@ class FlowerTrainer:
             "server-round": step // num_steps + 1,
             "local-steps": num_steps,
             "step": step,
-            "round-lr": round_lr(self.config, [self.num_samples], step),
+            "round-lr": self.lr_at(step),
         }
         if "local-epochs" in self.user_config:
             config["local-epochs"] = self.user_config["local-epochs"]
         arrays, metrics = self._trainer.fit(self._arrays(x), config, self.context)
         self._like = arrays
         self.num_samples = int(metrics.get("num-examples", 0))
-        reported = scalar(metrics, (STEPS_KEY,))
-        self.steps += reported if math.isfinite(reported) else num_steps
+        self.steps += steps_taken([metrics], num_steps)
         flat, _ = arrays_to_flat(arrays)
         if not bool(torch.isfinite(flat).all()):
             raise DivergenceError(
